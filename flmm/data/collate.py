@@ -1,0 +1,36 @@
+"""Collate grounding samples of different sizes and phrase counts into one batch.
+
+Tensors that share a shape across samples (the LMM's `pixel_values`) are stacked; everything that varies
+per image (original images, masks at original size, texts, phrase spans, queries) stays a list.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_LIST_KEYS = ("image", "image_id", "image_file", "text", "phrase_spans", "masks", "queries", "pad_meta")
+
+
+def collate_grounding(samples: list[dict]) -> dict:
+    """Batch a list of samples.
+
+    Returns a dict with `pixel_values (B, ...)` stacked (and `image_sizes (B, 2)` when present), `images`
+    as B uint8 tensors `(3, H_i, W_i)`, `masks` as B bool tensors `(P_i, H_i, W_i)`, and lists for the rest.
+    """
+    batch: dict = {key: [s[key] for s in samples] for key in _LIST_KEYS if key in samples[0]}
+    batch["images"] = [torch.from_numpy(s["image"]).permute(2, 0, 1).contiguous() for s in samples]
+    del batch["image"]
+    for key in samples[0]:
+        if key not in _LIST_KEYS:
+            batch[key] = _stack_padded([s[key] for s in samples])
+    return batch
+
+
+def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack tensors, zero-padding dim 0 to the longest (any-res images have different crop counts)."""
+    longest = max(t.shape[0] for t in tensors) if tensors[0].dim() > 0 else 0
+    padded = [
+        torch.cat([t, t.new_zeros((longest - t.shape[0], *t.shape[1:]))]) if t.dim() and t.shape[0] < longest else t
+        for t in tensors
+    ]
+    return torch.stack(padded)

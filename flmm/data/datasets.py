@@ -1,0 +1,223 @@
+"""Torch datasets of grounding samples: RefCOCO/+/g and PNG, for training and for both RES protocols.
+
+A sample is one LMM pass: an image, a text, and the phrases of that text to ground, each with its mask
+at the original resolution and the metadata of its query:
+
+    image        (H, W, 3) uint8 RGB
+    text         str; phrase_spans[i] = (start, end) character span of phrase i in it
+    masks        (P, H, W) bool
+    queries      P dicts: dataset, split, protocol, query_id, image_id, image_file, expression, area,
+                 bbox [x, y, w, h], first_sentence (RES) or plural/isthing (PNG)
+    + whatever the image transform adds (pixel_values, pad_meta, ...)
+
+Protocols (DESIGN.md §4): `train` groups all referred objects of an image in one sample with a fresh
+random sentence per object every epoch (call `set_epoch`); `all-sentences` makes every expression its own
+sample; `first-sentence-concat` puts the first sentence of each object of an image in one sample. PNG has
+one protocol, `narrative`: a caption and its grounded phrases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from flmm.data.image_io import load_rgb
+from flmm.data.png import Narrative, load_png_split, phrase_masks
+from flmm.data.refcoco import ReferredObject, decode_segmentation, load_refer_split
+from flmm.data.skips import SkipBudget
+from flmm.errors import DataError
+from flmm.registry import DATASETS
+
+RES_PROTOCOLS = ("train", "all-sentences", "first-sentence-concat")
+PNG_PROTOCOLS = ("train", "narrative")
+PHRASE_SEPARATOR = ". "
+
+
+def mask_bbox(mask: np.ndarray) -> list[float]:
+    """Tight `[x, y, w, h]` box of a `(H, W)` bool mask; all zeros when the mask is empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+def join_phrases(phrases: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Join phrases with ". " into one text; return it and each phrase's character span."""
+    spans, cursor = [], 0
+    for phrase in phrases:
+        spans.append((cursor, cursor + len(phrase)))
+        cursor += len(phrase) + len(PHRASE_SEPARATOR)
+    return PHRASE_SEPARATOR.join(phrases), spans
+
+
+class GroundingDataset(Dataset):
+    """Shared machinery: epochs, the image transform, and counted skipping of broken samples.
+
+    A sample that cannot be built (missing or corrupt image, unreadable mask) is logged, counted and
+    replaced by the next one, so an epoch never dies halfway; past `max_skip_fraction` it is an error.
+    """
+
+    name: str
+
+    def __init__(self, transform: Callable[[np.ndarray], dict] | None, max_skip_fraction: float, seed: int):
+        self.transform = transform
+        self.max_skip_fraction = max_skip_fraction
+        self.seed = seed
+        self.epoch = 0
+        self._budget: SkipBudget | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose random sentence draw the next samples use."""
+        self.epoch = int(epoch)
+
+    def _build(self, index: int) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        if self._budget is None:
+            self._budget = SkipBudget(self.name, len(self), self.max_skip_fraction)
+        for attempt in range(len(self)):
+            try:
+                sample = self._build((index + attempt) % len(self))
+                break
+            except DataError as exc:
+                self._budget.skip(str(exc))
+        else:
+            raise DataError(f"{self.name}: no sample could be built")
+        if self.transform is not None:
+            sample.update(self.transform(sample["image"]))
+        return sample
+
+
+@DATASETS.register_module()
+class RefCocoDataset(GroundingDataset):
+    """RefCOCO / RefCOCO+ / RefCOCOg samples of one split under one protocol."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        dataset: str,
+        split: str,
+        protocol: str = "all-sentences",
+        transform: Callable[[np.ndarray], dict] | None = None,
+        max_skip_fraction: float = 0.0,
+        seed: int = 0,
+    ):
+        super().__init__(transform, max_skip_fraction, seed)
+        if protocol not in RES_PROTOCOLS:
+            raise DataError(f"{dataset}:{split}: protocol must be one of {list(RES_PROTOCOLS)}, not '{protocol}'")
+        self.refer = load_refer_split(root, dataset, split, max_skip_fraction)
+        self.dataset, self.split, self.protocol = dataset, split, protocol
+        self.name = f"{dataset}:{split}"
+        if protocol == "all-sentences":
+            self._items = [([obj], [i]) for obj in self.refer.objects for i in range(len(obj.sentences))]
+        else:
+            self._items = [(objs, None) for objs in self.refer.objects_by_image().values()]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _sentence_choice(self, index: int, objects: list[ReferredObject]) -> list[int]:
+        if self.protocol == "first-sentence-concat":
+            return [0] * len(objects)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return [int(rng.integers(len(obj.sentences))) for obj in objects]
+
+    def _build(self, index: int) -> dict:
+        objects, choice = self._items[index]
+        if choice is None:
+            choice = self._sentence_choice(index, objects)
+        info = self.refer.images[objects[0].image_id]
+        image = load_rgb(info.path, (info.height, info.width))
+        expressions = [obj.sentences[k] for obj, k in zip(objects, choice)]
+        text, spans = join_phrases(expressions)
+        masks, queries = [], []
+        for obj, k in zip(objects, choice):
+            where = f"{self.refer.refs_path.parent / 'instances.json'}: ann_id {obj.ann_id}"
+            mask = decode_segmentation(obj.segmentation, info.height, info.width, where)
+            masks.append(mask)
+            queries.append(
+                {
+                    "dataset": self.dataset,
+                    "split": self.split,
+                    "protocol": self.protocol,
+                    "query_id": f"{self.name}:ref{obj.ref_id}:sent{obj.sent_ids[k]}",
+                    "ref_id": obj.ref_id,
+                    "ann_id": obj.ann_id,
+                    "sent_id": obj.sent_ids[k],
+                    "image_id": obj.image_id,
+                    "image_file": str(info.path),
+                    "expression": obj.sentences[k],
+                    "area": int(mask.sum()),
+                    "bbox": list(obj.bbox),
+                    "first_sentence": k == 0,
+                }
+            )
+        return {
+            "image": image,
+            "image_id": info.image_id,
+            "image_file": str(info.path),
+            "text": text,
+            "phrase_spans": spans,
+            "masks": torch.from_numpy(np.stack(masks)),
+            "queries": queries,
+        }
+
+
+@DATASETS.register_module()
+class PngDataset(GroundingDataset):
+    """Panoptic Narrative Grounding: one sample per narrative with at least one grounded phrase."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        protocol: str = "narrative",
+        transform: Callable[[np.ndarray], dict] | None = None,
+        max_skip_fraction: float = 0.0,
+        seed: int = 0,
+    ):
+        super().__init__(transform, max_skip_fraction, seed)
+        if protocol not in PNG_PROTOCOLS:
+            raise DataError(f"png:{split}: protocol must be one of {list(PNG_PROTOCOLS)}, not '{protocol}'")
+        self.narratives: list[Narrative] = load_png_split(root, split, max_skip_fraction)
+        self.dataset, self.split, self.protocol = "png", split, protocol
+        self.name = f"png:{split}"
+
+    def __len__(self) -> int:
+        return len(self.narratives)
+
+    def _build(self, index: int) -> dict:
+        narrative = self.narratives[index]
+        image = load_rgb(narrative.image_path, (narrative.height, narrative.width))
+        masks = phrase_masks(narrative)
+        queries = [
+            {
+                "dataset": "png",
+                "split": self.split,
+                "protocol": self.protocol,
+                "query_id": f"{self.name}:n{narrative.index}:p{i}",
+                "image_id": narrative.image_id,
+                "image_file": str(narrative.image_path),
+                "expression": phrase.utterance,
+                "segment_ids": [str(s) for s in phrase.segment_ids],
+                "area": int(mask.sum()),
+                "bbox": mask_bbox(mask),
+                "plural": phrase.plural,
+                "isthing": phrase.isthing,
+            }
+            for i, (phrase, mask) in enumerate(zip(narrative.phrases, masks))
+        ]
+        return {
+            "image": image,
+            "image_id": narrative.image_id,
+            "image_file": str(narrative.image_path),
+            "text": narrative.caption,
+            "phrase_spans": [p.span for p in narrative.phrases],
+            "masks": torch.from_numpy(masks),
+            "queries": queries,
+        }

@@ -1,0 +1,41 @@
+"""Counted, logged skipping of broken records, with a cap on the fraction a run may lose.
+
+A broken image or record is reported once, by file and record, and skipped; when more than
+`max_fraction` of a dataset turns out broken the run stops with one error that lists the first
+problems, because a run that silently trains on half its data is lost work too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flmm.errors import DataError
+
+log = logging.getLogger("flmm.data")
+
+
+class SkipBudget:
+    """Count skipped records of one dataset and raise once their share exceeds `max_fraction`."""
+
+    def __init__(self, name: str, total: int, max_fraction: float):
+        if not 0.0 <= max_fraction <= 1.0:
+            raise DataError(f"data.max_skip_fraction must be in [0, 1], got {max_fraction}")
+        self.name = name
+        self.total = max(total, 1)
+        self.max_fraction = max_fraction
+        self.reasons: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.reasons)
+
+    def skip(self, reason: str) -> None:
+        """Record one skipped record; raise DataError when the cap is exceeded."""
+        self.reasons.append(reason)
+        log.warning("%s: skipped (%d so far): %s", self.name, self.count, reason)
+        if self.count / self.total > self.max_fraction:
+            shown = "\n  ".join(self.reasons[:5])
+            raise DataError(
+                f"{self.name}: {self.count} of {self.total} records are broken, more than "
+                f"data.max_skip_fraction={self.max_fraction}. First problems:\n  {shown}"
+            )
