@@ -30,7 +30,9 @@ def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Stack tensors, zero-padding dim 0 to the longest (any-res images have different crop counts)."""
     longest = max(t.shape[0] for t in tensors) if tensors[0].dim() > 0 else 0
     padded = [
-        torch.cat([t, t.new_zeros((longest - t.shape[0], *t.shape[1:]))]) if t.dim() and t.shape[0] < longest else t
+        torch.cat([t, t.new_zeros((longest - t.shape[0], *t.shape[1:]))])
+        if t.dim() and t.shape[0] < longest
+        else t
         for t in tensors
     ]
     return torch.stack(padded)

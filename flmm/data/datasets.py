@@ -57,8 +57,10 @@ def join_phrases(phrases: list[str]) -> tuple[str, list[tuple[int, int]]]:
 class GroundingDataset(Dataset):
     """Shared machinery: epochs, the image transform, and counted skipping of broken samples.
 
-    A sample that cannot be built (missing or corrupt image, unreadable mask) is logged, counted and
-    replaced by the next one, so an epoch never dies halfway; past `max_skip_fraction` it is an error.
+    Image files are checked for existence when the dataset is built, so a missing file is reported before
+    any work starts. A sample that still cannot be built (corrupt image, unreadable mask) is logged, counted
+    once and replaced by the next one, so an epoch never dies halfway; past `max_skip_fraction` of the
+    dataset either way, it is an error.
     """
 
     name: str
@@ -69,6 +71,18 @@ class GroundingDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self._budget: SkipBudget | None = None
+
+    def _drop_missing_images(self, items: list, image_path: Callable[[object], Path]) -> list:
+        """Keep the items whose image file exists; count the others as skips."""
+        self._budget = SkipBudget(self.name, len(items), self.max_skip_fraction)
+        kept = []
+        for item in items:
+            path = image_path(item)
+            if path.is_file():
+                kept.append(item)
+            else:
+                self._budget.skip(f"{path}: image file not found")
+        return kept
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose random sentence draw the next samples use."""
@@ -81,11 +95,12 @@ class GroundingDataset(Dataset):
         if self._budget is None:
             self._budget = SkipBudget(self.name, len(self), self.max_skip_fraction)
         for attempt in range(len(self)):
+            candidate = (index + attempt) % len(self)
             try:
-                sample = self._build((index + attempt) % len(self))
+                sample = self._build(candidate)
                 break
             except DataError as exc:
-                self._budget.skip(str(exc))
+                self._budget.skip(str(exc), key=candidate)
         else:
             raise DataError(f"{self.name}: no sample could be built")
         if self.transform is not None:
@@ -109,14 +124,19 @@ class RefCocoDataset(GroundingDataset):
     ):
         super().__init__(transform, max_skip_fraction, seed)
         if protocol not in RES_PROTOCOLS:
-            raise DataError(f"{dataset}:{split}: protocol must be one of {list(RES_PROTOCOLS)}, not '{protocol}'")
+            raise DataError(
+                f"{dataset}:{split}: protocol must be one of {list(RES_PROTOCOLS)}, not '{protocol}'"
+            )
         self.refer = load_refer_split(root, dataset, split, max_skip_fraction)
         self.dataset, self.split, self.protocol = dataset, split, protocol
         self.name = f"{dataset}:{split}"
         if protocol == "all-sentences":
-            self._items = [([obj], [i]) for obj in self.refer.objects for i in range(len(obj.sentences))]
+            items = [([obj], [i]) for obj in self.refer.objects for i in range(len(obj.sentences))]
         else:
-            self._items = [(objs, None) for objs in self.refer.objects_by_image().values()]
+            items = [(objs, None) for objs in self.refer.objects_by_image().values()]
+        self._items = self._drop_missing_images(
+            items, lambda item: self.refer.images[item[0][0].image_id].path
+        )
 
     def __len__(self) -> int:
         return len(self._items)
@@ -184,9 +204,10 @@ class PngDataset(GroundingDataset):
         super().__init__(transform, max_skip_fraction, seed)
         if protocol not in PNG_PROTOCOLS:
             raise DataError(f"png:{split}: protocol must be one of {list(PNG_PROTOCOLS)}, not '{protocol}'")
-        self.narratives: list[Narrative] = load_png_split(root, split, max_skip_fraction)
         self.dataset, self.split, self.protocol = "png", split, protocol
         self.name = f"png:{split}"
+        narratives = load_png_split(root, split, max_skip_fraction)
+        self.narratives: list[Narrative] = self._drop_missing_images(narratives, lambda n: n.image_path)
 
     def __len__(self) -> int:
         return len(self.narratives)

@@ -26,7 +26,7 @@ def load_rgb(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from exc
-    array = np.asarray(rgb, dtype=np.uint8)
+    array = np.array(rgb, dtype=np.uint8)
     if expected_hw is not None and tuple(array.shape[:2]) != tuple(expected_hw):
         raise DataError(
             f"{path}: image is {array.shape[0]}x{array.shape[1]} (HxW) but its annotation says "

@@ -88,13 +88,18 @@ def load_png_split(root: str | Path, split: str, max_skip_fraction: float = 0.0)
         categories = {int(c["id"]): bool(c["isthing"]) for c in panoptic["categories"]}
         images = {int(im["id"]): im for im in panoptic["images"]}
         segments = {
-            int(a["image_id"]): (a["file_name"], {int(s["id"]): int(s["category_id"]) for s in a["segments_info"]})
+            int(a["image_id"]): (
+                a["file_name"],
+                {int(s["id"]): int(s["category_id"]) for s in a["segments_info"]},
+            )
             for a in panoptic["annotations"]
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{panoptic_path}: not a COCO panoptic file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(narratives, list):
-        raise DataError(f"{narratives_path}: expected a list of narratives, found {type(narratives).__name__}")
+        raise DataError(
+            f"{narratives_path}: expected a list of narratives, found {type(narratives).__name__}"
+        )
 
     budget = SkipBudget(f"png:{split} ({narratives_path})", len(narratives), max_skip_fraction)
     out = []
@@ -156,7 +161,9 @@ def _parse_phrases(
         ids = tuple(int(s) for s in seg["segment_ids"])
         missing = [s for s in ids if s not in seg_categories]
         if missing:
-            budget.skip(f"{where}: phrase '{utterance}' names segment ids {missing} absent from segments_info")
+            budget.skip(
+                f"{where}: phrase '{utterance}' names segment ids {missing} absent from segments_info"
+            )
             return None
         plural = bool(seg.get("plural", False))
         isthing = plural or categories.get(seg_categories[ids[0]], False)

@@ -24,13 +24,18 @@ class SkipBudget:
         self.total = max(total, 1)
         self.max_fraction = max_fraction
         self.reasons: list[str] = []
+        self._keys: set[object] = set()
 
     @property
     def count(self) -> int:
         return len(self.reasons)
 
-    def skip(self, reason: str) -> None:
-        """Record one skipped record; raise DataError when the cap is exceeded."""
+    def skip(self, reason: str, key: object = None) -> None:
+        """Record one skipped record (once per `key`); raise DataError when the cap is exceeded."""
+        if key is not None:
+            if key in self._keys:
+                return
+            self._keys.add(key)
         self.reasons.append(reason)
         log.warning("%s: skipped (%d so far): %s", self.name, self.count, reason)
         if self.count / self.total > self.max_fraction:

@@ -1,0 +1,62 @@
+"""Training samples: all referred objects of an image in one sample, a fresh sentence per object per epoch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flmm.config import load_config
+from flmm.data.collate import collate_grounding
+from flmm.data.splits import build_split_dataset
+from flmm.data.transforms import LlavaPadTransform
+
+
+@pytest.fixture
+def train_set(real_format_root):
+    cfg = load_config(None, [f"data.root={real_format_root}"]).data
+    return build_split_dataset(cfg, "refcocog:val", "train")
+
+
+def test_one_sample_per_image_holding_every_referred_object(train_set):
+    per_image = train_set.refer.objects_by_image()
+    assert len(train_set) == len(per_image)
+    for i in range(len(train_set)):
+        sample = train_set[i]
+        assert sorted(q["ref_id"] for q in sample["queries"]) == sorted(
+            o.ref_id for o in per_image[sample["image_id"]]
+        )
+        for (start, end), query in zip(sample["phrase_spans"], sample["queries"]):
+            assert sample["text"][start:end] == query["expression"]
+
+
+def test_sentence_draw_is_fixed_within_an_epoch_and_changes_across_epochs(train_set):
+    def draw():
+        return [q["sent_id"] for i in range(len(train_set)) for q in train_set[i]["queries"]]
+
+    train_set.set_epoch(3)
+    first = draw()
+    assert draw() == first
+    draws = set()
+    for epoch in range(8):
+        train_set.set_epoch(epoch)
+        draws.add(tuple(draw()))
+    assert len(draws) > 1
+
+
+def test_every_sentence_is_seen_over_epochs(train_set):
+    seen = set()
+    for epoch in range(40):
+        train_set.set_epoch(epoch)
+        seen.update(q["sent_id"] for i in range(len(train_set)) for q in train_set[i]["queries"])
+    assert seen == {sid for o in train_set.refer.objects for sid in o.sent_ids}
+
+
+def test_collate_stacks_pixels_and_keeps_per_image_sizes(real_format_root):
+    cfg = load_config(None, [f"data.root={real_format_root}"]).data
+    dataset = build_split_dataset(cfg, "refcoco:train", "first-sentence-concat", LlavaPadTransform(size=56))
+    batch = collate_grounding([dataset[0], dataset[5]])
+    assert batch["pixel_values"].shape == (2, 3, 56, 56)
+    for image, masks, meta in zip(batch["images"], batch["masks"], batch["pad_meta"]):
+        assert image.dtype == torch.uint8 and image.shape[0] == 3
+        assert masks.shape[1:] == image.shape[1:] == (meta["orig_h"], meta["orig_w"])
+    assert len(batch["text"]) == len(batch["queries"]) == 2
