@@ -10,11 +10,11 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from flmm.data.transforms import CLIP_MEAN, CLIP_STD
 from flmm.errors import ConfigError
 
 
@@ -39,9 +39,6 @@ class DataConfig:
     # Empty: every RES split and PNG val found under `root`.
     test_splits: list[str] = field(default_factory=list)
     protocol: str = "all-sentences"
-    image_size: int = 336
-    image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
-    image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
     batch_size: int = 2
     num_workers: int = 2
     max_skip_fraction: float = 0.01
@@ -51,12 +48,67 @@ class DataConfig:
 
 
 @dataclass
+class ToyModelsConfig:
+    """Build the embedded default's tiny models on first use, so it needs no download.
+
+    A tiny LLaVA (sizes merged over `flmm.lmm.tiny.TINY_LLAVA_DEFAULTS`, tokenizer trained on the data
+    root's texts) is saved to `model.lmm.model`, and a tiny SAM to `model.refiner.checkpoint`, both seeded.
+    """
+
+    seed: int = 0
+    lmm_sizes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Components, each `{type: RegisteredName, ...kwargs}` built by the mmengine registries.
+
+    The mask head's input channels and the refiner's hidden size / layer count come from the LMM adapter;
+    a config need not (and should not) repeat them.
+    """
+
+    # Defaults are minimal on purpose: a component dict from YAML is merged key by key into its default,
+    # so a default key the YAML does not mention would silently survive a change of `type`.
+    lmm: dict[str, Any] = field(default_factory=lambda: {"type": "LlavaAdapter"})
+    mask_head: dict[str, Any] = field(default_factory=lambda: {"type": "UNetMaskHead"})
+    # null: predict from the coarse masks alone.
+    refiner: dict[str, Any] | None = None
+    # Set only by configs whose models are built here (the embedded default); null for real weights.
+    toy: ToyModelsConfig | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the Lightning Trainer's switches (DESIGN.md §1.9)."""
+
+    epochs: int = 8
+    max_steps: int = -1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.03
+    grad_clip: float = 1.0
+    precision: str = "bf16-mixed"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    val_every_n_epochs: int = 1
+    log_every_n_steps: int = 10
+    overlay_samples: int = 4
+    progress_bar: bool = True
+
+
+@dataclass
 class FlmmConfig:
     """The whole config of a run."""
 
     output_dir: str = "runs/flmm"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _schema_keys(node) -> list[str]:

@@ -85,19 +85,23 @@ class GroundingDataset(Dataset):
         return kept
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose random sentence draw the next samples use."""
+        """Choose the epoch whose random sentence draw `dataset[i]` uses."""
         self.epoch = int(epoch)
 
-    def _build(self, index: int) -> dict:
+    def _build(self, index: int, epoch: int) -> dict:
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict:
+        return self.sample(index, self.epoch)
+
+    def sample(self, index: int, epoch: int) -> dict:
+        """The sample at `index` with the sentence draw of `epoch` (samplers that know the epoch call this)."""
         if self._budget is None:
             self._budget = SkipBudget(self.name, len(self), self.max_skip_fraction)
         for attempt in range(len(self)):
             candidate = (index + attempt) % len(self)
             try:
-                sample = self._build(candidate)
+                sample = self._build(candidate, epoch)
                 break
             except DataError as exc:
                 self._budget.skip(str(exc), key=candidate)
@@ -141,16 +145,16 @@ class RefCocoDataset(GroundingDataset):
     def __len__(self) -> int:
         return len(self._items)
 
-    def _sentence_choice(self, index: int, objects: list[ReferredObject]) -> list[int]:
+    def _sentence_choice(self, index: int, epoch: int, objects: list[ReferredObject]) -> list[int]:
         if self.protocol == "first-sentence-concat":
             return [0] * len(objects)
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         return [int(rng.integers(len(obj.sentences))) for obj in objects]
 
-    def _build(self, index: int) -> dict:
+    def _build(self, index: int, epoch: int) -> dict:
         objects, choice = self._items[index]
         if choice is None:
-            choice = self._sentence_choice(index, objects)
+            choice = self._sentence_choice(index, epoch, objects)
         info = self.refer.images[objects[0].image_id]
         image = load_rgb(info.path, (info.height, info.width))
         expressions = [obj.sentences[k] for obj, k in zip(objects, choice)]
@@ -212,7 +216,7 @@ class PngDataset(GroundingDataset):
     def __len__(self) -> int:
         return len(self.narratives)
 
-    def _build(self, index: int) -> dict:
+    def _build(self, index: int, epoch: int) -> dict:
         narrative = self.narratives[index]
         image = load_rgb(narrative.image_path, (narrative.height, narrative.width))
         masks = phrase_masks(narrative)

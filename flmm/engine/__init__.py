@@ -1,0 +1,1 @@
+"""Training and evaluation engine: Lightning modules, data modules and metrics."""

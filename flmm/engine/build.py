@@ -1,0 +1,98 @@
+"""Build a run's pieces from its config: the frozen LMM adapter, the grounding model, the image transform.
+
+Shared by training, evaluation and the demo, so that a checkpoint's config rebuilds exactly the model it
+was trained with. Also checks, before anything heavy is loaded, that the weights and data a config names
+are present, and reports everything missing in one message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from flmm.builder import build_component
+from flmm.data.splits import missing_data_message, split_exists
+from flmm.data.transforms import LlavaPadTransform, ProcessorTransform
+from flmm.errors import FlmmError, MissingWeightsError
+from flmm.lmm.base import LMMAdapter
+from flmm.lmm.llava import LlavaAdapter
+from flmm.lmm.llava_next import LlavaNextAdapter
+from flmm.lmm.loading import resolve_checkpoint
+from flmm.models.grounding import GroundingModel
+from flmm.models.mask_head import UNetMaskHead
+from flmm.models.sam_refiner import SamRefiner
+from flmm.registry import LMM_ADAPTERS, MODELS
+
+# The built-in components; importing them is what registers them in the registries.
+BUILTIN_COMPONENTS = (LlavaAdapter, LlavaNextAdapter, UNetMaskHead, SamRefiner, GroundingModel)
+
+SAM_DOWNLOADS = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+}
+
+
+def build_adapter(cfg: DictConfig) -> LMMAdapter:
+    """The frozen LMM adapter of `cfg.model.lmm`."""
+    return build_component(LMM_ADAPTERS, "model.lmm", cfg.model.lmm)
+
+
+def attention_channels(adapter: LMMAdapter) -> int:
+    """C of the adapter's `(P, C, gh, gw)` attention: layers x heads, times the grids it concatenates."""
+    return adapter.num_layers * adapter.num_heads * adapter.grid_blocks
+
+
+def build_grounding_model(cfg: DictConfig, adapter: LMMAdapter) -> GroundingModel:
+    """Mask head (+ SAM refiner) sized for `adapter`: channels, hidden width and layer count come from it."""
+    head = build_component(
+        MODELS, "model.mask_head", cfg.model.mask_head, in_channels=attention_channels(adapter)
+    )
+    refiner = None
+    if cfg.model.refiner is not None:
+        text = adapter.lmm.config.text_config
+        refiner = build_component(
+            MODELS,
+            "model.refiner",
+            cfg.model.refiner,
+            hidden_size=text.hidden_size,
+            num_layers=text.num_hidden_layers,
+        )
+    return GroundingModel(head, refiner)
+
+
+def build_image_transform(adapter: LMMAdapter):
+    """The data layer's transform for this LMM: LLaVA-1.5 pad-to-square, or the model's own processor."""
+    image_processor = adapter.processor.image_processor
+    if adapter.frame != "pixel_values":
+        return ProcessorTransform(image_processor)
+    side = adapter.lmm.config.vision_config.image_size
+    return LlavaPadTransform(side, image_processor.image_mean, image_processor.image_std)
+
+
+def preflight(cfg: DictConfig, splits: list[str]) -> None:
+    """Raise one FlmmError listing every missing weight file and dataset the config needs."""
+    problems = []
+    try:
+        resolve_checkpoint(cfg.model.lmm.get("model", ""), cfg.model.lmm.get("local_files_only"))
+    except MissingWeightsError as exc:
+        problems.append(f"LMM weights (model.lmm.model): {exc}")
+    refiner = cfg.model.refiner
+    if refiner is not None and refiner.get("model_type") in SAM_DOWNLOADS:
+        checkpoint = refiner.get("checkpoint")
+        if not checkpoint or not Path(checkpoint).is_file():
+            problems.append(
+                f"SAM weights (model.refiner.checkpoint): {checkpoint} not found. Download "
+                f"{SAM_DOWNLOADS[refiner.model_type]} from the segment-anything release and put it there, "
+                "or set model.refiner.checkpoint=PATH."
+            )
+    root = Path(str(cfg.data.root))
+    problems += [f"data: {missing_data_message(root, s)}" for s in splits if not split_exists(root, s)]
+    if problems:
+        raise FlmmError("cannot start, missing:\n  - " + "\n  - ".join(problems))
+
+
+def config_to_dict(cfg: DictConfig) -> dict:
+    """A resolved plain-dict copy of a config, as stored in checkpoints."""
+    return OmegaConf.to_container(cfg, resolve=True)

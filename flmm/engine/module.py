@@ -1,0 +1,182 @@
+"""The LightningModule: frozen LMM adapter -> grounding model -> losses, metrics, optimisation.
+
+Only the mask head and the refiner's prompt encoder / mask decoder / language projection train. The LMM
+and SAM's image encoder are frozen and never stored: checkpoints hold the trainable weights and the resolved
+config, and a checkpoint is refused (with a message) by a run built for another LMM.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from torch.optim.lr_scheduler import LambdaLR
+
+from flmm.engine.build import attention_channels, build_adapter, build_grounding_model
+from flmm.engine.metrics import ResMetrics, binarize
+from flmm.errors import ConfigError
+from flmm.models.grounding import GroundingOutput
+from flmm.models.losses import grounding_losses
+from flmm.models.mask_head import crop_padding
+
+# State-dict prefixes of the frozen parts that come from their own weight files, never from checkpoints.
+FROZEN_PREFIXES = ("adapter.", "model.refiner.sam.image_encoder.")
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """LR factor: linear from 0 to 1 over `warmup` steps, then cosine from 1 to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class GroundingModule(pl.LightningModule):
+    """Train and validate the grounding model of a config (a plain dict, stored in checkpoints)."""
+
+    def __init__(self, config: dict[str, Any], val_splits: list[str] | None = None):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg = OmegaConf.create(config)
+        self.adapter = build_adapter(self.cfg)
+        self.model = build_grounding_model(self.cfg, self.adapter)
+        self.val_splits = list(self.cfg.data.val_splits if val_splits is None else val_splits)
+        self.val_metrics = torch.nn.ModuleList([ResMetrics() for _ in self.val_splits])
+        self.val_coarse_metrics = torch.nn.ModuleList([ResMetrics() for _ in self.val_splits])
+        # Frozen weights are absent from checkpoints; `on_load_checkpoint` checks the rest explicitly.
+        self.strict_loading = False
+        # DDP must neither broadcast nor all-reduce the frozen LMM (7B) and SAM encoder at start-up.
+        self._ddp_params_and_buffers_to_ignore = [
+            name for name in (*dict(self.named_parameters()), *dict(self.named_buffers())) if name.startswith(FROZEN_PREFIXES)
+        ]
+
+    def lmm_identity(self) -> dict[str, Any]:
+        """What a checkpoint must agree on to be loaded into this model."""
+        return {
+            "lmm": str(self.cfg.model.lmm.get("model", "")),
+            "adapter": str(self.cfg.model.lmm.type),
+            "attention_channels": attention_channels(self.adapter),
+            "hidden_size": int(self.adapter.lmm.config.text_config.hidden_size),
+        }
+
+    def forward(self, batch: dict) -> tuple[GroundingOutput, torch.Tensor]:
+        """Ground every phrase of a collated batch (see `flmm.data.collate`).
+
+        Returns the model's output and `(P,)` the image index of each phrase.
+        """
+        image_sizes = batch.get("image_sizes")
+        encoded = self.adapter.encode_text(
+            batch["text"], batch["phrase_spans"], batch["pixel_values"], image_sizes
+        )
+        lmm_out = self.adapter(
+            encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, batch["pixel_values"], image_sizes
+        )
+        image_index = lmm_out.phrase_batch_index.to(self.device)
+        out = self.model(
+            lmm_out.attention.to(self.device),
+            image_index,
+            batch["pad_meta"],
+            batch["images"],
+            lmm_out.hidden_states.to(self.device),
+            lmm_out.hidden_mask.to(self.device),
+        )
+        return out, image_index
+
+    @staticmethod
+    def phrase_targets(batch: dict) -> list[torch.Tensor]:
+        """Ground-truth masks `(H_i, W_i)` of every phrase, in the model's (sample, phrase) order."""
+        return [mask for masks in batch["masks"] for mask in masks]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out, image_index = self(batch)
+        losses = self.image_averaged_losses(out, image_index, self.phrase_targets(batch))
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch["images"]), sync_dist=True)
+        return losses["loss"]
+
+    @staticmethod
+    def image_averaged_losses(
+        out: GroundingOutput, image_index: torch.Tensor, targets: list[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The loss terms of each image (averaged over its phrases), averaged over the images.
+
+        Every image weighs the same whatever its phrase count, so a global batch split over DDP ranks
+        gives the same gradient as the whole batch in one process.
+        """
+        per_image = []
+        for b in image_index.unique(sorted=True).tolist():
+            rows = (image_index == b).nonzero().flatten().tolist()
+            refined = None if out.refined is None else [out.refined[r] for r in rows]
+            per_image.append(grounding_losses([out.coarse[r] for r in rows], refined, [targets[r] for r in rows]))
+        return {name: torch.stack([terms[name] for terms in per_image]).mean() for name in per_image[0]}
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> GroundingOutput:
+        out, image_index = self(batch)
+        targets = [t.bool() for t in self.phrase_targets(batch)]
+        boxes = [q["bbox"] for queries in batch["queries"] for q in queries]
+        self.val_metrics[dataloader_idx].update(
+            [binarize(p) for p in out.predictions], targets, gt_boxes=boxes
+        )
+        coarse = crop_padding(out.coarse_square, image_index, batch["pad_meta"], resize_to_original=True)
+        self.val_coarse_metrics[dataloader_idx].update([binarize(p) for p in coarse], targets, gt_boxes=boxes)
+        return out
+
+    def on_validation_epoch_end(self) -> None:
+        for split, metric, coarse in zip(self.val_splits, self.val_metrics, self.val_coarse_metrics):
+            results = metric.compute()
+            coarse_results = coarse.compute()
+            for key in ("cIoU", "gIoU", "P@0.5"):
+                self.log(f"val/{split}/{key}", float(results[key]), sync_dist=False)
+            self.log(f"val/{split}/coarse_cIoU", float(coarse_results["cIoU"]), sync_dist=False)
+            metric.reset()
+            coarse.reset()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        train = self.cfg.train
+        optimizer = torch.optim.AdamW(
+            self.trainable_parameters(), lr=train.lr, weight_decay=train.weight_decay
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(train.warmup_ratio * total))
+        scheduler = LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN_PREFIXES)
+        }
+        checkpoint["flmm_identity"] = self.lmm_identity()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_checkpoint_fits(self, checkpoint)
+
+
+def check_checkpoint_fits(module: GroundingModule, checkpoint: dict) -> None:
+    """ConfigError unless `checkpoint` was trained for this module's LMM and holds exactly its trainable
+    weights (no key missing, none unexpected, no shape different)."""
+    mine, theirs = module.lmm_identity(), checkpoint.get("flmm_identity")
+    if theirs is None:
+        raise ConfigError("the checkpoint was not written by flmm's trainer (no flmm_identity)")
+    if theirs != mine:
+        diffs = ", ".join(
+            f"{k}: checkpoint {theirs.get(k)!r} vs this run {mine[k]!r}"
+            for k in mine
+            if theirs.get(k) != mine[k]
+        )
+        raise ConfigError(f"the checkpoint belongs to another LMM or head ({diffs})")
+    expected = {k: v for k, v in module.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
+    stored = checkpoint["state_dict"]
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(stored) if expected[k].shape != stored[k].shape)
+    if missing or unexpected or reshaped:
+        raise ConfigError(
+            f"the checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"different shapes {reshaped[:5]}"
+        )

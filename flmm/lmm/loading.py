@@ -1,0 +1,98 @@
+"""Find and load frozen-LMM checkpoints (hub id or local folder), failing with one clear error when absent.
+
+Offline (`local_files_only=True`, or HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1) a hub id is resolved in the
+local Hugging Face cache only; a missing folder, a folder without weights, or an uncached hub id raises
+`MissingWeightsError` naming what is missing and where it goes, instead of a deep transformers traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants, is_offline_mode, snapshot_download
+from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from flmm.errors import ConfigError, MissingWeightsError
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """`"bfloat16"` / `"torch.bfloat16"` / `torch.bfloat16` -> `torch.bfloat16`; ConfigError otherwise."""
+    if isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(
+            f"torch_dtype: expected a floating dtype name like 'float32' or 'bfloat16', got {name!r}"
+        )
+    return dtype
+
+
+def _check_folder(folder: Path, what: str) -> None:
+    missing = [name for name in ("config.json",) if not (folder / name).is_file()]
+    if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+        missing.append("weights (*.safetensors or pytorch_model*.bin)")
+    if missing:
+        raise MissingWeightsError(
+            f"{what} at {folder} lacks {', '.join(missing)}. Put a complete Hugging Face checkpoint there "
+            "(config.json, weights, tokenizer and processor files), e.g. with "
+            f"`hf download <hub id> --local-dir {folder}` on a machine with network access."
+        )
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, local_files_only: bool | None = None) -> str:
+    """A local folder or a hub id that `from_pretrained` can load; MissingWeightsError when it cannot.
+
+    Online, a hub id is returned as is (from_pretrained downloads it). Offline, it is looked up in the
+    cache (HF_HUB_CACHE) and the cached snapshot folder is returned.
+    """
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        _check_folder(path, "LMM checkpoint folder")
+        return str(path)
+    if not _HUB_ID.fullmatch(name):
+        raise MissingWeightsError(
+            f"LMM checkpoint folder {path} does not exist. Put a Hugging Face checkpoint there (config.json, "
+            f"weights, tokenizer and processor files), e.g. `hf download llava-hf/llava-1.5-7b-hf "
+            f"--local-dir {path}`, or set the model to a hub id."
+        )
+    offline = bool(local_files_only) or is_offline_mode()
+    if not offline:
+        return name
+    try:
+        folder = Path(snapshot_download(name, local_files_only=True))
+    except (FileNotFoundError, ValueError) as err:
+        raise MissingWeightsError(
+            f"LMM weights {name!r} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            "downloads are off (HF_HUB_OFFLINE=1 or local_files_only). Fetch them once on a machine with "
+            f"network access with `hf download {name}` into that cache (same HF_HOME), or download them "
+            f"into a folder and set the model to that folder's path. (huggingface_hub: {err})"
+        ) from None
+    _check_folder(folder, f"Cached snapshot of {name!r}")
+    return str(folder)
+
+
+def load_pretrained(
+    model_class: type[PreTrainedModel],
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype,
+    local_files_only: bool | None = None,
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Load `model_class` and its processor from a hub id or folder (see `resolve_checkpoint`)."""
+    source = resolve_checkpoint(name_or_path, local_files_only)
+    offline = bool(local_files_only) or is_offline_mode()
+    try:
+        model = model_class.from_pretrained(source, dtype=dtype, local_files_only=offline)
+        processor = AutoProcessor.from_pretrained(source, local_files_only=offline)
+    except OSError as err:
+        raise MissingWeightsError(
+            f"could not load LMM {os.fspath(name_or_path)!r} ({source}): {err}. Check the hub id, or "
+            "download the checkpoint into a folder and set the model to that folder's path."
+        ) from None
+    return model, processor

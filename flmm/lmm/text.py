@@ -1,0 +1,110 @@
+"""Text side of the frozen-LMM input: the fixed prompt, tokenisation, and char spans -> per-token phrase ids.
+
+The text to ground is teacher-forced as if it were the assistant's answer:
+`<prompt_template> <text>`. Phrases are given as char spans `(start, end)` into the text; a token belongs to
+the phrase whose span shares at least one non-whitespace character with the token's own char span (the
+fast tokenizer's offset mapping). Sharing only whitespace does not count, so a sentencepiece token such as
+"▁dog" whose offsets include the space before it is not claimed by the phrase that ends at that space.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+DEFAULT_PROMPT_TEMPLATE = "USER: <image>\nPlease give me a description of the image. ASSISTANT:"
+
+Span = tuple[int, int]
+
+
+@dataclass
+class EncodedText:
+    """Token ids of a batch of prompts, with the phrase each token grounds.
+
+    input_ids: `(B, S)` long. attention_mask: `(B, S)` long, 0 on padding.
+    phrase_ids: `(B, S)` long, index of the phrase within its sample, -1 for tokens that ground nothing.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    phrase_ids: torch.Tensor
+
+
+def check_spans(text: str, spans: Sequence[Span], sample: int) -> list[Span]:
+    """`spans` as int pairs; ValueError when one is out of the text, empty, or overlaps another."""
+    checked = [(int(start), int(end)) for start, end in spans]
+    for index, (start, end) in enumerate(checked):
+        if not 0 <= start < end <= len(text):
+            raise ValueError(
+                f"sample {sample}: phrase {index} span ({start}, {end}) is not a non-empty range inside the "
+                f"text of length {len(text)}: {text!r}"
+            )
+    ordered = sorted(range(len(checked)), key=lambda i: checked[i])
+    for first, second in itertools.pairwise(ordered):
+        if checked[second][0] < checked[first][1]:
+            raise ValueError(
+                f"sample {sample}: phrase spans {checked[first]} (phrase {first}) and {checked[second]} "
+                f"(phrase {second}) overlap; every token can ground one phrase only"
+            )
+    return checked
+
+
+def phrase_ids_from_offsets(
+    prompt: str, offsets: Sequence[Span], text_start: int, spans: Sequence[Span], sample: int = 0
+) -> list[int]:
+    """Phrase index per token (-1 for none) from the tokenizer's char offsets into `prompt`.
+
+    `spans` index the text, which starts at char `text_start` of `prompt`. A token that two spans cut into
+    (a span edge inside a word) goes to the phrase listed first. Raises ValueError when a phrase ends up with
+    no token (e.g. its span holds only whitespace, or only part of a token another phrase took).
+    """
+    ids = [-1] * len(offsets)
+    text_tokens = [(token, lo, hi) for token, (lo, hi) in enumerate(offsets) if hi > text_start]
+    for phrase, (start, end) in enumerate(spans):
+        lo_span, hi_span = text_start + start, text_start + end
+        found = False
+        for token, lo, hi in text_tokens:
+            lo_overlap, hi_overlap = max(lo, lo_span), min(hi, hi_span)
+            if ids[token] == -1 and lo_overlap < hi_overlap and prompt[lo_overlap:hi_overlap].strip():
+                ids[token] = phrase
+                found = True
+        if not found:
+            raise ValueError(
+                f"sample {sample}: phrase {phrase} span ({start}, {end}) "
+                f"{prompt[lo_span:hi_span]!r} covers no token of the tokenized text"
+            )
+    return ids
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    texts: Sequence[str],
+    phrase_spans: Sequence[Sequence[Span]],
+    padding_side: str,
+) -> EncodedText:
+    """Tokenize full prompts that each end with their text and map the phrase spans to tokens.
+
+    prompts[i] must end with texts[i] (the prompt template, expanded image tokens and a space come first).
+    """
+    if not tokenizer.is_fast:
+        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; phrase mapping needs offsets")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    batch = tokenizer(
+        list(prompts),
+        return_offsets_mapping=True,
+        padding=True,
+        padding_side=padding_side,
+        return_tensors="pt",
+    )
+    phrase_ids = torch.full_like(batch["input_ids"], -1)
+    for sample, (prompt, text, spans) in enumerate(zip(prompts, texts, phrase_spans, strict=True)):
+        offsets = batch["offset_mapping"][sample].tolist()
+        ids = phrase_ids_from_offsets(prompt, offsets, len(prompt) - len(text), spans, sample)
+        phrase_ids[sample] = torch.tensor(ids)
+    return EncodedText(batch["input_ids"], batch["attention_mask"], phrase_ids)

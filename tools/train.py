@@ -1,0 +1,109 @@
+"""Train the grounding head of a frozen LMM.
+
+    python tools/train.py CONFIG [key=value ...] [--resume PATH]
+
+Everything the run writes goes under `output_dir`: TensorBoard and CSV logs, validation overlays, and
+checkpoints (`output_dir/checkpoints/last.ckpt` is always the latest). Multi-GPU and multi-node DDP use
+Lightning's own settings: `train.devices`, `train.num_nodes`, `train.strategy` (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from flmm.config import load_config
+from flmm.data.synthetic_setup import ensure_synthetic_world
+from flmm.engine.build import build_image_transform, config_to_dict, preflight
+from flmm.engine.callbacks import ValidationOverlays
+from flmm.engine.datamodule import GroundingDataModule
+from flmm.engine.module import GroundingModule
+from flmm.engine.toy import ensure_toy_models
+from flmm.errors import FlmmError
+
+
+def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
+    """The Lightning Trainer of a config: loggers, checkpoints, overlays, precision, devices, DDP."""
+    train = cfg.train
+    checkpoints = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)
+    return pl.Trainer(
+        default_root_dir=output_dir,
+        max_epochs=train.epochs,
+        max_steps=train.max_steps,
+        accelerator=train.accelerator,
+        devices=train.devices,
+        num_nodes=train.num_nodes,
+        strategy=train.strategy,
+        precision=train.precision,
+        gradient_clip_val=train.grad_clip,
+        limit_train_batches=train.limit_train_batches,
+        limit_val_batches=train.limit_val_batches,
+        check_val_every_n_epoch=train.val_every_n_epochs,
+        log_every_n_steps=train.log_every_n_steps,
+        enable_progress_bar=train.progress_bar,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        logger=[
+            TensorBoardLogger(output_dir, name="tensorboard", version=""),
+            CSVLogger(output_dir, name="csv", version=""),
+        ],
+        callbacks=[
+            checkpoints,
+            LearningRateMonitor(logging_interval="step"),
+            ValidationOverlays(output_dir / "overlays", train.overlay_samples),
+        ],
+    )
+
+
+def train(cfg, resume: str | None = None) -> Path:
+    """Run training for a loaded config; return the path of the last checkpoint."""
+    pl.seed_everything(int(cfg.seed), workers=True)
+    ensure_synthetic_world(cfg.data)
+    ensure_toy_models(cfg)
+    preflight(cfg, [*cfg.data.train_splits, *cfg.data.val_splits])
+    if resume is not None and not Path(resume).is_file():
+        raise FlmmError(f"--resume: checkpoint not found: {resume}")
+    output_dir = Path(str(cfg.output_dir))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml")
+    module = GroundingModule(config_to_dict(cfg))
+    datamodule = GroundingDataModule(cfg.data, build_image_transform(module.adapter))
+    trainer = build_trainer(cfg, output_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    return output_dir / "checkpoints" / "last.ckpt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="YAML config, e.g. configs/flmm_llava7b.yaml")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 data.root=/data"
+    )
+    parser.add_argument(
+        "--resume", default=None, help="checkpoint to continue from (e.g. OUT/checkpoints/last.ckpt)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        last = train(load_config(args.config, args.overrides), args.resume)
+    except FlmmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done; latest checkpoint: {last}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
