@@ -309,3 +309,18 @@ def test_the_real_loaders_read_the_world(world):
         assert len(narratives) == {"train2017": 10, "val2017": 2}[split]
         for n in narratives:
             assert phrase_masks(n).any(axis=(1, 2)).all()
+
+
+def test_overlapping_objects_never_share_a_colour():
+    from flmm.data.synthetic_scene import COLOURS, SHAPES, compose_scene
+
+    allowed = [(c, s) for c in COLOURS for s in SHAPES]
+    overlapping_pairs = 0
+    for seed in range(30):
+        scene = compose_scene(np.random.default_rng(seed), 96, 96, 6, 1.0, "flat", allowed, [])
+        for i, a in enumerate(scene.objects):
+            for b in scene.objects[i + 1 :]:
+                if (a.full & b.full).any():
+                    overlapping_pairs += 1
+                    assert a.colour != b.colour
+    assert overlapping_pairs > 0

@@ -46,7 +46,7 @@ def draw_overlay(
 ) -> Image.Image:
     """Render masks over an image with one colour each and a caption band below.
 
-    image: `(H, W, 3)` uint8; masks: `(H, W)` bool each, filled at 45 % opacity with the rest dimmed;
+    image: `(H, W, 3)` uint8; masks: `(H, W)` bool each, outlined (tinted when several), the rest dimmed;
     boxes: `[x, y, w, h]` in original pixels; outlines: `(H, W)` bool masks drawn as contours only (e.g.
     ground truth under a prediction). Small images are enlarged (nearest neighbour) to `min_width` so
     that they can be read.
@@ -59,7 +59,9 @@ def draw_overlay(
         canvas[~np.logical_or.reduce(masks)] *= 0.4
     for i, mask in enumerate(masks):
         colour = np.array(PALETTE[i % len(PALETTE)], dtype=np.float32)
-        canvas[mask] = 0.55 * canvas[mask] + 0.45 * colour
+        if len(masks) > 1:
+            # Several masks need a tint to tell them apart; a single one keeps the true colours of its pixels.
+            canvas[mask] = 0.55 * canvas[mask] + 0.45 * colour
         canvas[mask & ~_erode(mask)] = colour
     for mask in outlines or []:
         edge = mask & ~_erode(mask)

@@ -91,7 +91,8 @@ def _rasterise(polygon: list[float], h: int, w: int) -> np.ndarray:
 
 
 def _place(rng, w: int, h: int, objs: list[SceneObject], shape: str, colour: str, overlap: bool) -> bool:
-    """Add one object where it keeps every object >= MIN_VISIBLE visible; False if no spot was found."""
+    """Add one object where it keeps every object >= MIN_VISIBLE visible and overlaps none of its colour;
+    False if no spot was found."""
     side = min(w, h)
     for size in ("large", "small") if rng.random() < 0.5 else ("small",):
         for _ in range(40):
@@ -109,6 +110,9 @@ def _place(rng, w: int, h: int, objs: list[SceneObject], shape: str, colour: str
             full = _rasterise(poly, h, w)
             kept = [o.mask & ~full for o in objs]
             if full.sum() < 6 or any(k.sum() < MIN_VISIBLE * o.full.sum() for k, o in zip(kept, objs)):
+                continue
+            # Touching objects of one colour would merge into one blob: no visible boundary between them.
+            if any(o.colour == colour and (o.full & full).any() for o in objs):
                 continue
             for o, k in zip(objs, kept):
                 o.mask = k
