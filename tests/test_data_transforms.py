@@ -70,3 +70,23 @@ def test_processor_transform_returns_the_processor_tensors_without_batch_dim():
     assert out["pixel_values"].shape == (5, 3, 8, 8)
     assert out["image_sizes"].tolist() == [12, 20]
     assert (out["pad_meta"]["orig_h"], out["pad_meta"]["orig_w"]) == (12, 20)
+
+
+def test_any_res_images_of_different_shapes_collate_through_the_llava_next_processor(tmp_path):
+    from transformers import AutoProcessor
+
+    from flmm.data.collate import collate_grounding
+    from flmm.lmm.tiny import build_tiny_llava_next
+
+    processor = AutoProcessor.from_pretrained(build_tiny_llava_next(tmp_path / "next"))
+    transform = ProcessorTransform(processor.image_processor)
+    samples = []
+    for h, w in ((40, 70), (70, 40), (50, 50)):
+        image = np.zeros((h, w, 3), dtype=np.uint8)
+        sample = {"image": image, "masks": torch.zeros(1, h, w, dtype=torch.bool)}
+        sample.update(transform(sample["image"]))
+        samples.append(sample)
+    batch = collate_grounding(samples)
+    crops = [s["pixel_values"].shape[0] for s in samples]
+    assert batch["pixel_values"].shape[:2] == (3, max(crops))
+    assert batch["image_sizes"].tolist() == [[40, 70], [70, 40], [50, 50]]
