@@ -19,17 +19,6 @@ from flmm.errors import ConfigError
 
 
 @dataclass
-class SyntheticWorldConfig:
-    """How to generate the synthetic world when `data.root` holds none yet (see tools/make_synthetic.py)."""
-
-    seed: int = 0
-    images: int = 300
-    png_images: int = 100
-    size: int = 128
-    max_objects: int = 5
-
-
-@dataclass
 class DataConfig:
     """Where the datasets live and how samples are made; read by training, evaluation and browsing."""
 
@@ -43,8 +32,9 @@ class DataConfig:
     num_workers: int = 2
     max_skip_fraction: float = 0.01
     seed: int = 0
-    # Set in configs whose data is generated here; null for real datasets.
-    synthetic: SyntheticWorldConfig | None = None
+    # Configs whose data is generated here give the keyword arguments of
+    # `flmm.data.synthetic.SyntheticConfig` (seed, n_res_images, n_png_images, size, ...); null for real data.
+    synthetic: dict[str, Any] | None = None
 
 
 @dataclass

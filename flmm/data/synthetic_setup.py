@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from flmm.data.refcoco import refer_paths
+from flmm.errors import ConfigError
 
 log = logging.getLogger("flmm.data")
 
@@ -22,16 +26,12 @@ def ensure_synthetic_world(data_cfg) -> bool:
         return False
     from flmm.data.synthetic import SyntheticConfig, generate_world
 
-    s = data_cfg.synthetic
+    settings = OmegaConf.to_container(data_cfg.synthetic, resolve=True)
+    allowed = [f.name for f in fields(SyntheticConfig)]
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise ConfigError(f"data.synthetic: unknown keys {unknown}; allowed: {allowed}")
+    config = SyntheticConfig(**settings)
     log.warning("generating the synthetic world under %s (first use)", root)
-    generate_world(
-        root,
-        SyntheticConfig(
-            seed=int(s.seed),
-            n_res_images=int(s.images),
-            n_png_images=int(s.png_images),
-            size=int(s.size),
-            max_objects=int(s.max_objects),
-        ),
-    )
+    generate_world(root, config)
     return True
