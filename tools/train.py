@@ -2,9 +2,10 @@
 
     python tools/train.py CONFIG [key=value ...] [--resume PATH]
 
-Everything the run writes goes under `output_dir`: TensorBoard and CSV logs, validation overlays, and
-checkpoints (`output_dir/checkpoints/last.ckpt` is always the latest). Multi-GPU and multi-node DDP use
-Lightning's own settings: `train.devices`, `train.num_nodes`, `train.strategy` (see README).
+Everything the run writes goes under `output_dir`: TensorBoard logs, CSV logs (`csv/version_N/metrics.csv`,
+one version per launch, so a run resumed in the same `output_dir` keeps the earlier history), validation
+overlays, and checkpoints (`output_dir/checkpoints/last.ckpt` is always the latest). Multi-GPU and multi-node
+DDP use Lightning's own settings: `train.devices`, `train.num_nodes`, `train.strategy` (see README).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -27,15 +29,22 @@ from flmm.data.synthetic_setup import ensure_synthetic_world
 from flmm.engine.build import build_image_transform, config_to_dict, preflight
 from flmm.engine.callbacks import ValidationOverlays
 from flmm.engine.datamodule import GroundingDataModule
-from flmm.engine.module import GroundingModule
+from flmm.engine.module import GroundingModule, read_checkpoint
 from flmm.engine.toy import ensure_toy_models
 from flmm.errors import FlmmError
+
+# The frozen LMM and SAM image encoder stay in eval mode on purpose (tests/test_engine_train.py checks it).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
     """The Lightning Trainer of a config: loggers, checkpoints, overlays, precision, devices, DDP."""
     train = cfg.train
-    checkpoints = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)
+    # No version counter: `last.ckpt` is overwritten even when this run did not write it (a fresh run in an
+    # old output_dir, a run folder moved before resuming), instead of a new `last-v1.ckpt` beside it.
+    checkpoints = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0, enable_version_counter=False
+    )
     return pl.Trainer(
         default_root_dir=output_dir,
         max_epochs=train.epochs,
@@ -55,7 +64,7 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
         use_distributed_sampler=False,
         logger=[
             TensorBoardLogger(output_dir, name="tensorboard", version=""),
-            CSVLogger(output_dir, name="csv", version=""),
+            CSVLogger(output_dir, name="csv"),
         ],
         callbacks=[
             checkpoints,
@@ -71,8 +80,8 @@ def train(cfg, resume: str | None = None) -> Path:
     ensure_synthetic_world(cfg.data)
     ensure_toy_models(cfg)
     preflight(cfg, [*cfg.data.train_splits, *cfg.data.val_splits])
-    if resume is not None and not Path(resume).is_file():
-        raise FlmmError(f"--resume: checkpoint not found: {resume}")
+    if resume is not None:
+        read_checkpoint(resume)
     output_dir = Path(str(cfg.output_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml")
@@ -80,6 +89,8 @@ def train(cfg, resume: str | None = None) -> Path:
     datamodule = GroundingDataModule(cfg.data, build_image_transform(module.adapter))
     trainer = build_trainer(cfg, output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    if trainer.is_global_zero:
+        print(f"done; latest checkpoint: {output_dir / 'checkpoints' / 'last.ckpt'}")
     return output_dir / "checkpoints" / "last.ckpt"
 
 
@@ -97,11 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        last = train(load_config(args.config, args.overrides), args.resume)
+        train(load_config(args.config, args.overrides), args.resume)
     except FlmmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"done; latest checkpoint: {last}")
     return 0
 
 

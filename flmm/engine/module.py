@@ -8,6 +8,7 @@ config, and a checkpoint is refused (with a message) by a run built for another 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,7 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from flmm.engine.build import attention_channels, build_adapter, build_grounding_model
 from flmm.engine.metrics import ResMetrics, binarize
-from flmm.errors import ConfigError
+from flmm.errors import ConfigError, FlmmError
 from flmm.models.grounding import GroundingOutput
 from flmm.models.losses import grounding_losses
 from flmm.models.mask_head import crop_padding
@@ -50,16 +51,24 @@ class GroundingModule(pl.LightningModule):
         self.strict_loading = False
         # DDP must neither broadcast nor all-reduce the frozen LMM (7B) and SAM encoder at start-up.
         self._ddp_params_and_buffers_to_ignore = [
-            name for name in (*dict(self.named_parameters()), *dict(self.named_buffers())) if name.startswith(FROZEN_PREFIXES)
+            name
+            for name in (*dict(self.named_parameters()), *dict(self.named_buffers()))
+            if name.startswith(FROZEN_PREFIXES)
         ]
 
     def lmm_identity(self) -> dict[str, Any]:
-        """What a checkpoint must agree on to be loaded into this model."""
+        """The LMM architecture a checkpoint must have been trained on to be loaded into this model.
+
+        The weights' name or folder is not part of it: the same LMM may move or be given as a hub id once
+        and a local folder the next time.
+        """
+        text = self.adapter.lmm.config.text_config
         return {
-            "lmm": str(self.cfg.model.lmm.get("model", "")),
             "adapter": str(self.cfg.model.lmm.type),
+            "num_layers": int(text.num_hidden_layers),
+            "num_heads": int(text.num_attention_heads),
             "attention_channels": attention_channels(self.adapter),
-            "hidden_size": int(self.adapter.lmm.config.text_config.hidden_size),
+            "hidden_size": int(text.hidden_size),
         }
 
     def forward(self, batch: dict) -> tuple[GroundingOutput, torch.Tensor]:
@@ -94,7 +103,13 @@ class GroundingModule(pl.LightningModule):
         out, image_index = self(batch)
         losses = self.image_averaged_losses(out, image_index, self.phrase_targets(batch))
         for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch["images"]), sync_dist=True)
+            self.log(
+                f"train/{name}",
+                value,
+                prog_bar=name == "loss",
+                batch_size=len(batch["images"]),
+                sync_dist=True,
+            )
         return losses["loss"]
 
     @staticmethod
@@ -110,7 +125,9 @@ class GroundingModule(pl.LightningModule):
         for b in image_index.unique(sorted=True).tolist():
             rows = (image_index == b).nonzero().flatten().tolist()
             refined = None if out.refined is None else [out.refined[r] for r in rows]
-            per_image.append(grounding_losses([out.coarse[r] for r in rows], refined, [targets[r] for r in rows]))
+            per_image.append(
+                grounding_losses([out.coarse[r] for r in rows], refined, [targets[r] for r in rows])
+            )
         return {name: torch.stack([terms[name] for terms in per_image]).mean() for name in per_image[0]}
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> GroundingOutput:
@@ -125,12 +142,14 @@ class GroundingModule(pl.LightningModule):
         return out
 
     def on_validation_epoch_end(self) -> None:
+        # `compute()` already sums the metric states of all ranks, so every rank logs the same values; the
+        # mean over ranks of `sync_dist=True` leaves them unchanged (and Lightning does not warn under DDP).
         for split, metric, coarse in zip(self.val_splits, self.val_metrics, self.val_coarse_metrics):
             results = metric.compute()
             coarse_results = coarse.compute()
-            for key in ("cIoU", "gIoU", "P@0.5"):
-                self.log(f"val/{split}/{key}", float(results[key]), sync_dist=False)
-            self.log(f"val/{split}/coarse_cIoU", float(coarse_results["cIoU"]), sync_dist=False)
+            for key in ("cIoU", "gIoU", "P@0.5", "n_queries"):
+                self.log(f"val/{split}/{key}", float(results[key]), sync_dist=True)
+            self.log(f"val/{split}/coarse_cIoU", float(coarse_results["cIoU"]), sync_dist=True)
             metric.reset()
             coarse.reset()
 
@@ -180,3 +199,17 @@ def check_checkpoint_fits(module: GroundingModule, checkpoint: dict) -> None:
             f"the checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"different shapes {reshaped[:5]}"
         )
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file written by flmm's trainer; FlmmError (not a torch traceback) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlmmError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise FlmmError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(checkpoint, dict) or "flmm_identity" not in checkpoint:
+        raise FlmmError(f"{path}: not a checkpoint written by flmm's trainer (no flmm_identity)")
+    return checkpoint
