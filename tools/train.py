@@ -31,7 +31,7 @@ from flmm.engine.callbacks import ValidationOverlays
 from flmm.engine.datamodule import GroundingDataModule
 from flmm.engine.module import GroundingModule, read_checkpoint
 from flmm.engine.toy import ensure_toy_models
-from flmm.errors import FlmmError
+from flmm.errors import ConfigError, FlmmError
 
 # The frozen LMM and SAM image encoder stay in eval mode on purpose (tests/test_engine_train.py checks it).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -40,6 +40,9 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
     """The Lightning Trainer of a config: loggers, checkpoints, overlays, precision, devices, DDP."""
     train = cfg.train
+    if "spawn" in str(train.strategy):
+        # A pickled transformers model misses state its __init__ registers, so spawned workers cannot run it.
+        raise ConfigError(f"train.strategy={train.strategy} is not supported; use ddp")
     # No version counter: `last.ckpt` is overwritten even when this run did not write it (a fresh run in an
     # old output_dir, a run folder moved before resuming), instead of a new `last-v1.ckpt` beside it.
     checkpoints = ModelCheckpoint(
