@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from flmm.config import load_config
+from flmm.data.collate import collate_grounding
 from flmm.data.datasets import PngDataset, RefCocoDataset
 from flmm.data.splits import build_split_dataset
 from flmm.errors import DataError
@@ -49,14 +50,28 @@ def test_missing_image_is_a_counted_skip_within_the_budget(writable_real_format)
     assert dataset._budget.count == lost
 
 
-def test_corrupt_image_is_skipped_once_and_the_epoch_goes_on(writable_real_format):
+def test_corrupt_image_in_training_is_replaced_once_and_the_epoch_goes_on(writable_real_format):
     path = writable_real_format / IMAGE_101
     path.write_bytes(b"not a jpeg at all")
-    dataset = build_split_dataset(_cfg(writable_real_format, 0.5), "refcoco:train", "first-sentence-concat")
+    dataset = build_split_dataset(_cfg(writable_real_format, 0.5), "refcoco:train", "train")
     samples = _every_sample(dataset)
-    assert len(samples) == len(dataset)
+    assert len(samples) == len(dataset) and all(s is not None for s in samples)
+    assert all(s["image_id"] != 101 for s in samples)
     assert dataset._budget.count == 1
     assert "corrupt or truncated image" in dataset._budget.reasons[0]
+
+
+def test_corrupt_image_in_evaluation_is_dropped_not_replaced(writable_real_format):
+    (writable_real_format / IMAGE_101).write_bytes(b"not a jpeg at all")
+    dataset = build_split_dataset(_cfg(writable_real_format, 0.5), "refcoco:train", "all-sentences")
+    samples = _every_sample(dataset)
+    kept = [s for s in samples if s is not None]
+    query_ids = [q["query_id"] for s in kept for q in s["queries"]]
+    assert len(query_ids) == len(set(query_ids)) == len(dataset) - dataset._budget.count
+    assert dataset._budget.count == sum(len(o.sentences) for o in dataset.refer.objects if o.image_id == 101)
+    batch = collate_grounding(samples)
+    assert len(batch["queries"]) == len(kept)
+    assert collate_grounding([None, None]) is None
 
 
 def test_truncated_image_is_a_clear_error(writable_real_format):

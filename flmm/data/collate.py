@@ -11,12 +11,15 @@ import torch
 _LIST_KEYS = ("image", "image_id", "image_file", "text", "phrase_spans", "masks", "queries", "pad_meta")
 
 
-def collate_grounding(samples: list[dict]) -> dict:
-    """Batch a list of samples.
+def collate_grounding(samples: list[dict | None]) -> dict | None:
+    """Batch a list of samples, leaving out the None of broken evaluation samples (None if all are).
 
     Returns a dict with `pixel_values (B, ...)` stacked (and `image_sizes (B, 2)` when present), `images`
     as B uint8 tensors `(3, H_i, W_i)`, `masks` as B bool tensors `(P_i, H_i, W_i)`, and lists for the rest.
     """
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
     batch: dict = {key: [s[key] for s in samples] for key in _LIST_KEYS if key in samples[0]}
     batch["images"] = [torch.from_numpy(s["image"]).permute(2, 0, 1).contiguous() for s in samples]
     del batch["image"]

@@ -58,9 +58,10 @@ class GroundingDataset(Dataset):
     """Shared machinery: epochs, the image transform, and counted skipping of broken samples.
 
     Image files are checked for existence when the dataset is built, so a missing file is reported before
-    any work starts. A sample that still cannot be built (corrupt image, unreadable mask) is logged, counted
-    once and replaced by the next one, so an epoch never dies halfway; past `max_skip_fraction` of the
-    dataset either way, it is an error.
+    any work starts. A sample that still cannot be built (corrupt image, unreadable mask) is logged and
+    counted once, so an epoch never dies halfway; past `max_skip_fraction` of the dataset either way, it is
+    an error. In training (`train` protocol) it is replaced by the next sample; in evaluation it becomes
+    None, which `collate_grounding` drops, so that no query is counted twice.
     """
 
     name: str
@@ -94,11 +95,13 @@ class GroundingDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, self.epoch)
 
-    def sample(self, index: int, epoch: int) -> dict:
-        """The sample at `index` with the sentence draw of `epoch` (samplers that know the epoch call this)."""
+    def sample(self, index: int, epoch: int) -> dict | None:
+        """The sample at `index` with the sentence draw of `epoch` (samplers that know the epoch call this);
+        None for a broken sample outside training."""
         if self._budget is None:
             self._budget = SkipBudget(self.name, len(self), self.max_skip_fraction)
-        for attempt in range(len(self)):
+        attempts = len(self) if self.protocol == "train" else 1
+        for attempt in range(attempts):
             candidate = (index + attempt) % len(self)
             try:
                 sample = self._build(candidate, epoch)
@@ -106,6 +109,8 @@ class GroundingDataset(Dataset):
             except DataError as exc:
                 self._budget.skip(str(exc), key=candidate)
         else:
+            if self.protocol != "train":
+                return None
             raise DataError(f"{self.name}: no sample could be built")
         if self.transform is not None:
             sample.update(self.transform(sample["image"]))

@@ -96,8 +96,8 @@ def intersection_union(
                 "compare masks at the original image size"
             )
         t = t.to(p.device)
-        inter.append((p & t).sum())
-        union.append((p | t).sum())
+        inter.append(torch.count_nonzero(p & t))
+        union.append(torch.count_nonzero(p | t))
     if not inter:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.stack(inter).long(), torch.stack(union).long()
@@ -289,6 +289,7 @@ RES_COLUMNS = {
     "REC@0.5": "REC@0.5",
 }
 COARSE_COLUMNS = ("coarse_cIoU", "coarse_gIoU")
+PNG_COARSE_COLUMNS = ("coarse_AR",)
 PNG_COLUMNS = {
     "n": "n_queries",
     "AR": "AR",
@@ -324,8 +325,9 @@ def format_results_table(results: Mapping[str, Mapping[str, Mapping[str, object]
     """`{split: {protocol: metrics}}` -> Markdown, one row per split and protocol.
 
     Metrics dicts with `cIoU` (from `ResMetrics`, optionally with `coarse_cIoU` / `coarse_gIoU`, which get
-    columns when any row has them) go in a RES table, those with `AR` (from `PngRecallMetrics`) in a PNG
-    table below it. Rates are printed to 2 decimals, counts as integers, missing or NaN values as "-".
+    columns when any row has them) go in a RES table, those with `AR` (from `PngRecallMetrics`, optionally
+    with `coarse_AR`) in a PNG table below it. Rates are printed to 2 decimals, counts as integers, missing
+    or NaN values as "-".
     """
     res_rows, png_rows = [], []
     for split, protocols in results.items():
@@ -344,5 +346,6 @@ def format_results_table(results: Mapping[str, Mapping[str, Mapping[str, object]
         coarse = [c for c in COARSE_COLUMNS if any(c in m for _, _, m in res_rows)]
         tables.append(_markdown(res_rows, {**RES_COLUMNS, **{c: c for c in coarse}}))
     if png_rows:
-        tables.append(_markdown(png_rows, PNG_COLUMNS))
+        coarse = [c for c in PNG_COARSE_COLUMNS if any(c in m for _, _, m in png_rows)]
+        tables.append(_markdown(png_rows, {**PNG_COLUMNS, **{c: c for c in coarse}}))
     return "\n\n".join(tables)

@@ -130,7 +130,11 @@ class GroundingModule(pl.LightningModule):
             )
         return {name: torch.stack([terms[name] for terms in per_image]).mean() for name in per_image[0]}
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> GroundingOutput:
+    def validation_step(
+        self, batch: dict | None, batch_idx: int, dataloader_idx: int = 0
+    ) -> GroundingOutput | None:
+        if batch is None:  # every sample of the batch was broken (counted and logged by the dataset)
+            return None
         out, image_index = self(batch)
         targets = [t.bool() for t in self.phrase_targets(batch)]
         boxes = [q["bbox"] for queries in batch["queries"] for q in queries]
@@ -207,7 +211,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FlmmError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise FlmmError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(checkpoint, dict) or "flmm_identity" not in checkpoint:

@@ -1,0 +1,363 @@
+"""Evaluate a grounding model on RES and PNG splits, exactly, in one process or under DDP.
+
+`evaluate(module, cfg, splits, protocols, out_dir)` runs Lightning's test loop over one data loader per
+(split, protocol), computes `ResMetrics` / `PngRecallMetrics` on the refined and on the coarse masks, and
+writes results.json, results.md, best/worst overlays and optional per-query masks (`flmm.engine.report`).
+Any `predictor` (batch -> per-phrase masks at the original size) goes through the same path, so ground-truth
+masks fed as predictions must score 100 everywhere: that is how the evaluation itself is tested.
+
+Exactness under DDP: every loader shards with `ShardSampler` (no padding, no repeated sample), metric states
+are integer sums reduced once at the end, and the per-query records (IoU, prediction RLE) are gathered to
+rank 0 and de-duplicated by query_id there. Rank 0 writes the outputs inside the test loop, so that
+`ddp_spawn` workers write them too (spawn is for predictors without a transformers model, which cannot be
+pickled into workers; the model runs under `ddp`); `evaluate` then returns what was written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pycocotools import mask as mask_utils
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from flmm.config import FlmmConfig, load_config
+from flmm.data.collate import collate_grounding
+from flmm.data.datasets import GroundingDataset
+from flmm.data.splits import build_split_dataset, default_eval_splits, parse_split
+from flmm.engine.build import build_image_transform, config_to_dict
+from flmm.engine.metrics import PngRecallMetrics, ResMetrics, binarize, intersection_union
+from flmm.engine.module import GroundingModule, check_checkpoint_fits, read_checkpoint
+from flmm.engine.report import QueryRecord, ReportWriter
+from flmm.engine.sampling import ShardSampler, world
+from flmm.errors import ConfigError, FlmmError
+from flmm.models.mask_head import crop_padding
+
+RES_EVAL_PROTOCOLS = ("all-sentences", "first-sentence-concat")
+PNG_PROTOCOL = "narrative"
+
+
+@dataclass
+class PhrasePredictions:
+    """Predictions for the P phrases of a batch, in its (sample, phrase) order, at the original image size.
+
+    refined: P maps `(H_i, W_i)`, float logits (thresholded with `binarize`) or bool masks.
+    coarse: the same for the coarse masks of the U-Net alone, or None to score `refined` twice.
+    """
+
+    refined: list[torch.Tensor]
+    coarse: list[torch.Tensor] | None = None
+
+
+Predictor = Callable[[dict], PhrasePredictions]
+
+
+class ModelPredictor(nn.Module):
+    """The grounding model as a predictor: its predictions (refined, or coarse without a refiner) and its
+    coarse logits cropped and resized to the original size."""
+
+    def __init__(self, module: GroundingModule):
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: dict) -> PhrasePredictions:
+        out, image_index = self.module(batch)
+        coarse = crop_padding(out.coarse_square, image_index, batch["pad_meta"], resize_to_original=True)
+        return PhrasePredictions(out.predictions, coarse)
+
+
+def ground_truth_predictor(batch: dict) -> PhrasePredictions:
+    """Ground-truth masks as predictions (must score 100 on every metric)."""
+    return PhrasePredictions([mask.bool() for masks in batch["masks"] for mask in masks])
+
+
+@dataclass
+class EvalTask:
+    """One (split, protocol) pair to evaluate and its dataset."""
+
+    split: str
+    protocol: str
+    dataset: GroundingDataset
+
+    @property
+    def is_png(self) -> bool:
+        return self.protocol == PNG_PROTOCOL
+
+
+def eval_tasks(
+    data_cfg, splits: Sequence[str], protocols: Sequence[str], transform: Callable | None
+) -> list[EvalTask]:
+    """One task per RES split and protocol, and one per PNG split (protocol `narrative`)."""
+    bad = [p for p in protocols if p not in RES_EVAL_PROTOCOLS]
+    if bad or not protocols:
+        raise ConfigError(
+            f"evaluation protocols must be among {list(RES_EVAL_PROTOCOLS)}, got {list(protocols)}"
+        )
+    tasks = []
+    for split in splits:
+        chosen = [PNG_PROTOCOL] if parse_split(split)[0] == "png" else protocols
+        tasks += [EvalTask(split, p, build_split_dataset(data_cfg, split, p, transform)) for p in chosen]
+    return tasks
+
+
+class _Indexed(Dataset):
+    """A dataset whose samples carry their index, so that per-query records can be put in dataset order."""
+
+    def __init__(self, dataset: GroundingDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | None:
+        sample = self.dataset[index]
+        return None if sample is None else {**sample, "sample_index": index}
+
+
+def collate_indexed(samples: list[dict | None]) -> dict | None:
+    """`collate_grounding` plus `sample_index`, a list of B ints; None when every sample was broken."""
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
+    indices = [s.pop("sample_index") for s in samples]
+    return {**collate_grounding(samples), "sample_index": indices}
+
+
+class EvaluationData(pl.LightningDataModule):
+    """One test loader per task. Samplers are made when Lightning asks for the loaders, after the process
+    group exists, so each rank gets its own shard."""
+
+    def __init__(self, tasks: list[EvalTask], batch_size: int, num_workers: int):
+        super().__init__()
+        self.tasks, self.batch_size, self.num_workers = tasks, batch_size, num_workers
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(
+                _Indexed(task.dataset),
+                batch_size=self.batch_size,
+                sampler=ShardSampler(len(task.dataset)),
+                num_workers=self.num_workers,
+                collate_fn=collate_indexed,
+            )
+            for task in self.tasks
+        ]
+
+
+def _as_masks(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [m if m.dtype == torch.bool else binarize(m) for m in maps]
+
+
+def _rle(mask: torch.Tensor) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.cpu().numpy().astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _gather_to_rank_zero(obj: Any) -> list[Any] | None:
+    """Every rank's `obj` on rank 0 (in rank order), None on the other ranks."""
+    rank, world_size = world()
+    if world_size == 1:
+        return [obj]
+    gathered = [None] * world_size if rank == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+class EvaluationModule(pl.LightningModule):
+    """Lightning's test loop around a predictor: metric sums per task, per-query records, the report.
+
+    `report(metrics, gathered)` (a `ReportWriter`) runs on global rank 0 at the end with, per task, the
+    reduced `(refined, coarse)` metric dicts, and every rank's records.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        tasks: list[EvalTask],
+        report: ReportWriter,
+        keep_masks: bool,
+    ):
+        super().__init__()
+        # An nn.Module predictor is registered as a child, so Lightning moves it to the device.
+        self.predictor = predictor
+        self.tasks, self.report, self.keep_masks = tasks, report, keep_masks
+        self.refined_metrics = nn.ModuleList(PngRecallMetrics() if t.is_png else ResMetrics() for t in tasks)
+        self.coarse_metrics = nn.ModuleList(PngRecallMetrics() if t.is_png else ResMetrics() for t in tasks)
+        self.records: list[list[QueryRecord]] = [[] for _ in tasks]
+
+    def on_test_epoch_start(self) -> None:
+        # Fresh state tensors in every process: `ddp_spawn` on CPU hands the module to its workers through
+        # shared memory, and in-place sums into shared states would add up the ranks' queries twice.
+        for metric in (*self.refined_metrics, *self.coarse_metrics):
+            metric.reset()
+        self.records = [[] for _ in self.tasks]
+
+    def test_step(self, batch: dict | None, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch is None:  # every sample of the batch was broken (counted and logged by the dataset)
+            return
+        predictions = self.predictor(batch)
+        refined = _as_masks(predictions.refined)
+        coarse = refined if predictions.coarse is None else _as_masks(predictions.coarse)
+        targets = [mask.bool() for masks in batch["masks"] for mask in masks]
+        queries = [q for qs in batch["queries"] for q in qs]
+        for metric, masks in (
+            (self.refined_metrics[dataloader_idx], refined),
+            (self.coarse_metrics[dataloader_idx], coarse),
+        ):
+            if self.tasks[dataloader_idx].is_png:
+                metric.update(masks, targets, [q["isthing"] for q in queries], [q["plural"] for q in queries])
+            else:
+                metric.update(masks, targets, gt_boxes=[q["bbox"] for q in queries])
+        inter, union = intersection_union(refined, targets)
+        order = [(i, k) for i, qs in zip(batch["sample_index"], batch["queries"]) for k in range(len(qs))]
+        for q, (i, k), pred, n_inter, n_union in zip(queries, order, refined, inter.tolist(), union.tolist()):
+            self.records[dataloader_idx].append(
+                QueryRecord(
+                    query_id=q["query_id"],
+                    sample_index=i,
+                    phrase_index=k,
+                    expression=q["expression"],
+                    image_id=q["image_id"],
+                    iou=n_inter / n_union if n_union else 1.0,
+                    rle=_rle(pred) if self.keep_masks else None,
+                )
+            )
+
+    def on_test_epoch_end(self) -> None:
+        # Collectives: every rank computes (reduces) every metric and takes part in the gather.
+        metrics = [(r.compute(), c.compute()) for r, c in zip(self.refined_metrics, self.coarse_metrics)]
+        gathered = _gather_to_rank_zero(self.records)
+        if gathered is not None:
+            self.report(metrics, gathered)
+
+
+def resolve_splits(cfg: DictConfig, splits: Sequence[str] | None) -> list[str]:
+    """The splits to evaluate: those given, else `data.test_splits`, else every one found under data.root."""
+    chosen = list(splits or cfg.data.test_splits or default_eval_splits(str(cfg.data.root)))
+    if not chosen:
+        raise FlmmError(
+            f"no evaluation split found under data.root={cfg.data.root}; name them with --splits or "
+            "data.test_splits"
+        )
+    for split in chosen:
+        parse_split(split)
+    return chosen
+
+
+def evaluate(
+    module: GroundingModule | None,
+    cfg: DictConfig,
+    splits: Sequence[str] | None = None,
+    protocols: Sequence[str] = RES_EVAL_PROTOCOLS,
+    out_dir: str | Path = "eval",
+    *,
+    predictor: Predictor | None = None,
+    transform: Callable | None = None,
+    checkpoint: str | Path | None = None,
+    overlays: int = 0,
+    save_masks: bool = False,
+) -> dict | None:
+    """Evaluate `module` (or `predictor`) on `splits` and write the report into `out_dir`.
+
+    Args:
+        module: the grounding model; may be None when a predictor that needs no model is given.
+        cfg: the resolved config: `data` (root, batch size, workers) and `train` (accelerator, devices,
+            num_nodes, strategy, precision, progress_bar) are used.
+        splits: `DATASET:SPLIT` names; default `resolve_splits`.
+        protocols: RES protocols; PNG splits always use `narrative`.
+        predictor: batch -> `PhrasePredictions`; default `ModelPredictor(module)`.
+        transform: the image transform of the datasets; default the module's LMM transform (None without
+            a module: samples then hold images and masks only).
+        checkpoint: recorded in results.json.
+        overlays: best and worst N queries drawn per split and protocol.
+        save_masks: write every query's predicted mask as RLE.
+
+    Returns the content of results.json on global rank 0, None on the other ranks.
+    """
+    if module is None and predictor is None:
+        raise ValueError("evaluate needs a module or a predictor")
+    if predictor is None and "spawn" in str(cfg.train.strategy):
+        # A pickled transformers model misses state its __init__ registers, so spawned workers cannot run it.
+        raise ConfigError(f"train.strategy={cfg.train.strategy} cannot run the model; use ddp")
+    if transform is None and module is not None:
+        transform = build_image_transform(module.adapter)
+    tasks = eval_tasks(cfg.data, resolve_splits(cfg, splits), protocols, transform)
+    out_dir = Path(out_dir)
+    train = cfg.train
+    trainer = pl.Trainer(
+        accelerator=train.accelerator,
+        devices=train.devices,
+        num_nodes=train.num_nodes,
+        strategy=train.strategy,
+        precision=train.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=train.progress_bar,
+        use_distributed_sampler=False,
+        default_root_dir=out_dir,
+    )
+    last_rank_samples = sum(
+        len(range(trainer.world_size - 1, len(t.dataset), trainer.world_size)) for t in tasks
+    )
+    if last_rank_samples == 0:
+        raise FlmmError(
+            f"{sum(len(t.dataset) for t in tasks)} samples cannot keep {trainer.world_size} processes busy; "
+            "evaluate with fewer devices"
+        )
+    checkpoint = str(checkpoint) if checkpoint else None
+    report = ReportWriter(out_dir, tasks, checkpoint, config_to_dict(cfg), overlays, save_masks)
+    evaluator = EvaluationModule(
+        predictor or ModelPredictor(module), tasks, report, keep_masks=save_masks or overlays > 0
+    )
+    trainer.test(
+        evaluator,
+        datamodule=EvaluationData(tasks, int(cfg.data.batch_size), int(cfg.data.num_workers)),
+        verbose=False,
+    )
+    if not trainer.is_global_zero:
+        return None
+    return json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """`read_checkpoint`, also requiring the resolved config that the trainer stores with the weights."""
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint.get("hyper_parameters", {}).get("config"), dict):
+        raise FlmmError(f"{path}: holds no hyper_parameters.config; was it written by tools/train.py?")
+    return checkpoint
+
+
+def checkpoint_config(
+    checkpoint: dict, overrides: Sequence[str] = (), source: str = "checkpoint"
+) -> DictConfig:
+    """The checkpoint's config, validated against the schema, with `key=value` overrides applied.
+
+    The overrides are checked by `load_config` first, so a typo is the same one-line error as in training.
+    """
+    load_config(None, list(overrides))
+    schema = OmegaConf.structured(FlmmConfig)
+    try:
+        cfg = OmegaConf.merge(schema, checkpoint["hyper_parameters"]["config"])
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        message = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+        raise ConfigError(f"{source}: its config does not fit this version of flmm: {message}") from None
+
+
+def load_module(checkpoint: dict, cfg: DictConfig) -> GroundingModule:
+    """The grounding model of `cfg` with the checkpoint's trainable weights (refused if it does not fit)."""
+    module = GroundingModule(config_to_dict(cfg), val_splits=[])
+    check_checkpoint_fits(module, checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    return module.eval()
