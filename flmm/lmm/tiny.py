@@ -111,13 +111,14 @@ def build_tokenizer(corpus: Iterable[str] = ()) -> PreTrainedTokenizerFast:
 
 
 def _text_config(sizes: Mapping[str, Any], tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **sizes,
-    )
+    # `sizes` may set vocab_size above the tokenizer's (benchmarks at a real model's embedding size).
+    special = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    return LlamaConfig(**{**special, **sizes})
 
 
 def _seeded(model_class, config, seed: int):
@@ -135,14 +136,13 @@ def _save(model, processor, out_dir: str | Path) -> Path:
     return out
 
 
-def build_tiny_llava(
-    out_dir: str | Path, seed: int = 0, config: Mapping[str, Any] | None = None, corpus: Iterable[str] = ()
-) -> Path:
-    """Save a randomly initialised tiny LLaVA-1.5-style checkpoint (model + processor) to `out_dir`.
+def llava_parts(
+    config: Mapping[str, Any] | None = None, corpus: Iterable[str] = ()
+) -> tuple[LlavaConfig, LlavaProcessor]:
+    """The `LlavaConfig` and `LlavaProcessor` of a LLaVA-1.5-style model of the given sizes (no weights).
 
     The image processor pads to square and resizes to the vision tower's input size (the LLaVA-1.5 "pad"
     mode), so `pixel_values` is `(B, 3, image_size, image_size)` and the grid side is image_size / patch_size.
-    Returns the folder.
     """
     sizes = _merged(config)
     tokenizer = build_tokenizer(corpus)
@@ -155,7 +155,6 @@ def build_tiny_llava(
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    model = _seeded(LlavaForConditionalGeneration, llava_config, seed)
     side = vision.image_size
     image_processor = LlavaImageProcessorPil(
         size={"height": side, "width": side}, crop_size={"height": side, "width": side}, do_pad=True
@@ -167,6 +166,16 @@ def build_tiny_llava(
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
     )
+    return llava_config, processor
+
+
+def build_tiny_llava(
+    out_dir: str | Path, seed: int = 0, config: Mapping[str, Any] | None = None, corpus: Iterable[str] = ()
+) -> Path:
+    """Save a randomly initialised tiny LLaVA-1.5-style checkpoint (model + processor, see `llava_parts`)
+    to `out_dir`. Returns the folder."""
+    llava_config, processor = llava_parts(config, corpus)
+    model = _seeded(LlavaForConditionalGeneration, llava_config, seed)
     return _save(model, processor, out_dir)
 
 

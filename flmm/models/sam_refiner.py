@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flmm.models.sam_build import build_sam
-from flmm.models.sam_import import MaskDecoder
+from flmm.models.sam_import import MaskDecoder, Sam
 from flmm.registry import MODELS
 
 
@@ -105,6 +105,8 @@ class SamRefiner(nn.Module):
         model_type: `vit_b`, `vit_l`, `vit_h` (need `checkpoint`) or `tiny` (tests, toy configs).
         checkpoint: path of the official SAM `.pth` state dict.
         encoder_batch_size: images per image-encoder call (bounds the encoder's activation memory).
+        sam: an already built SAM to use instead of `model_type` / `checkpoint` (e.g. random weights at the
+            real size for benchmarks).
     """
 
     def __init__(
@@ -114,12 +116,13 @@ class SamRefiner(nn.Module):
         model_type: str = "vit_l",
         checkpoint: str | None = None,
         encoder_batch_size: int = 4,
+        sam: Sam | None = None,
     ) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.encoder_batch_size = encoder_batch_size
-        self.sam = build_sam(model_type, checkpoint)
+        self.sam = build_sam(model_type, checkpoint) if sam is None else sam
         self.sam.image_encoder.requires_grad_(False)
         # Parts the box + dense + single-mask path never uses: frozen so that every trainable parameter
         # gets a gradient (DDP then needs no find_unused_parameters) and none is silently decayed.
