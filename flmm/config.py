@@ -39,14 +39,22 @@ class DataConfig:
 
 @dataclass
 class ToyModelsConfig:
-    """Build the embedded default's tiny models on first use, so it needs no download.
+    """The embedded default's own models, pretrained here when absent, so that it needs no download.
 
-    A tiny LLaVA (sizes merged over `flmm.lmm.tiny.TINY_LLAVA_DEFAULTS`, tokenizer trained on the data
-    root's texts) is saved to `model.lmm.model`, and a tiny SAM to `model.refiner.checkpoint`, both seeded.
+    A missing `model.lmm.model` folder is filled with a tiny LLaVA made by the recipe `lmm_recipe` (sizes,
+    scenes, text formats, optimisation: what `tools/pretrain_toy_lmm.py` runs), a missing
+    `model.refiner.checkpoint` with a tiny SAM made by `sam_recipe` (`tools/pretrain_toy_sam.py`).
+    `lmm_sizes` is merged over the recipe's sizes; `pretrain_steps` / `sam_pretrain_steps` replace the
+    recipes' steps when set (0: keep the random initial weights, as the control config does); `seed`
+    replaces the recipes' seeds.
     """
 
     seed: int = 0
+    lmm_recipe: str = "configs/toy_lmm.yaml"
     lmm_sizes: dict[str, Any] = field(default_factory=dict)
+    pretrain_steps: int | None = None
+    sam_recipe: str = "configs/toy_sam.yaml"
+    sam_pretrain_steps: int | None = None
 
 
 @dataclass
@@ -63,6 +71,8 @@ class ModelConfig:
     mask_head: dict[str, Any] = field(default_factory=lambda: {"type": "UNetMaskHead"})
     # null: predict from the coarse masks alone.
     refiner: dict[str, Any] | None = None
+    # `{type: KeywordSelector, ...}`: a keyword scorer on the text tokens trained with the head; null: none.
+    selector: dict[str, Any] | None = None
     # Set only by configs whose models are built here (the embedded default); null for real weights.
     toy: ToyModelsConfig | None = None
 

@@ -44,5 +44,5 @@ def test_missing_config_file_is_named(tmp_path):
 def test_shipped_configs_load(tmp_path):
     from tests.conftest import REPO_ROOT
 
-    for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
+    for path in sorted((REPO_ROOT / "configs").glob("flmm_*.yaml")):
         assert load_config(path).data.root

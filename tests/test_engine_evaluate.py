@@ -49,6 +49,8 @@ def trained(tmp_path_factory) -> Path:
         f"model.lmm.model={base / 'models' / 'llava'}",
         f"model.refiner.checkpoint={base / 'models' / 'sam.pth'}",
         "model.toy.lmm_sizes.vision.image_size=32",
+        "model.toy.pretrain_steps=0",
+        "model.toy.sam_pretrain_steps=0",
         "model.mask_head.channels=[8,16,32,64]",
         "data.batch_size=2",
         "train.epochs=1",

@@ -63,6 +63,9 @@ def toy_overrides(world: ToyWorld, output_dir: Path, *extra: str, lmm: Path | No
         f"model.lmm.model={lmm or world.lmm}",
         f"model.refiner.checkpoint={world.sam}",
         *(f"model.toy.lmm_sizes.{key}={value}" for key, value in TINY_LMM.items()),
+        # Random initial weights: pretraining the toy models is not what these tests are about.
+        "model.toy.pretrain_steps=0",
+        "model.toy.sam_pretrain_steps=0",
         "model.mask_head.channels=[8,16,32,64]",
         "model.mask_head.size=32",
         "train.epochs=1",

@@ -1,15 +1,22 @@
-"""Evaluate a checkpoint of tools/train.py on RefCOCO/+/g and PNG splits.
+"""Evaluate a checkpoint of tools/train.py, or training-free attend-and-segment, on RES, PNG, ReasonSeg.
 
-    python tools/test.py --ckpt PATH [--splits refcoco:val,refcoco+:testA,...]
+    python tools/test.py --ckpt PATH [--splits refcoco:val,refcoco+:testA,reasonseg:val,...]
         [--protocol all-sentences|first-sentence-concat|both] [--out DIR] [--save-masks] [--overlays N]
         [key=value ...]
+    python tools/test.py --mode attend-and-segment --config CONFIG [--top-heads FRACTION] [same options]
 
-The config is the checkpoint's own; `key=value` overrides change it (data.root=/datasets,
-data.batch_size=16, train.devices=8). Splits default to data.test_splits, else every RES split and PNG val
-found under data.root. RES splits are scored under both protocols by default; PNG under `narrative`.
+The config is the checkpoint's own (or CONFIG's, for attend-and-segment, which uses its LMM and SAM and
+trains nothing); `key=value` overrides change it (data.root=/datasets, data.batch_size=16,
+train.devices=8). Splits default to data.test_splits, else every RES split, PNG val and ReasonSeg val
+found under data.root. RES and ReasonSeg splits are scored under both protocols by default (for ReasonSeg,
+`first-sentence-concat` is LISA's protocol: the first query of each image); PNG under `narrative`.
+A query is grounded as the phrase it is (teacher-forced after the description prompt); with
+--answer-first the LMM answers it first (asked for a short phrase) and its answer is grounded, as in
+tools/demo.py (ReasonSeg's question -> answer -> mask).
 Several GPUs or nodes: train.devices / train.num_nodes / train.strategy / train.accelerator, as in training.
 
-Writes to DIR (default RUN/eval for RUN/checkpoints/x.ckpt, else eval/ beside the checkpoint):
+Writes to DIR (default RUN/eval for RUN/checkpoints/x.ckpt, else eval/ beside the checkpoint;
+OUTPUT_DIR/eval_attend-and-segment for attend-and-segment):
 results.json, results.md, config.yaml, overlays/SPLIT_PROTOCOL/{best,worst}_NN.png (the N best and worst
 queries) and, with --save-masks, masks_SPLIT_PROTOCOL.jsonl (every query's predicted mask as COCO RLE).
 """
@@ -24,8 +31,13 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from flmm.config import load_config
 from flmm.data.synthetic_setup import ensure_synthetic_world
-from flmm.engine.build import preflight
+from flmm.demo.answer import GenerationSettings
+from flmm.demo.pipeline import Demo
+from flmm.demo.reason import REASON_TEMPLATE, AnswerThenGround
+from flmm.engine.attend import build_attend_and_segment
+from flmm.engine.build import build_image_transform, preflight
 from flmm.engine.evaluate import (
     RES_EVAL_PROTOCOLS,
     checkpoint_config,
@@ -39,6 +51,7 @@ from flmm.engine.toy import ensure_toy_models
 from flmm.errors import FlmmError
 
 PROTOCOLS = {"both": RES_EVAL_PROTOCOLS, **{p: (p,) for p in RES_EVAL_PROTOCOLS}}
+MODES = ("head", "attend-and-segment")
 
 
 def default_out_dir(checkpoint: Path) -> Path:
@@ -49,23 +62,41 @@ def default_out_dir(checkpoint: Path) -> Path:
 
 def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
     """Evaluate as the command line asks; return the results (None on ranks other than 0) and the folder."""
-    checkpoint = load_checkpoint(args.ckpt)
-    cfg = checkpoint_config(checkpoint, args.overrides, source=str(args.ckpt))
+    if args.mode == "head":
+        checkpoint = load_checkpoint(args.ckpt)
+        cfg = checkpoint_config(checkpoint, args.overrides, source=str(args.ckpt))
+    else:
+        cfg = load_config(args.config, args.overrides)
     requested = [s.strip() for s in (args.splits or "").split(",") if s.strip()]
     ensure_synthetic_world(cfg.data)
     splits = resolve_splits(cfg, requested)
     ensure_toy_models(cfg)
     preflight(cfg, splits)
-    out = args.out or default_out_dir(args.ckpt)
+    if args.mode == "head":
+        out = args.out or default_out_dir(args.ckpt)
+        module = load_module(checkpoint, cfg)
+        predictor, adapter, mode = None, module.adapter, "trained-head"
+        demo_models = {"head": module.model, "selector": module.selector}
+    else:
+        out = args.out or Path(str(cfg.output_dir)) / "eval_attend-and-segment"
+        module, predictor = None, build_attend_and_segment(cfg, args.top_heads)
+        adapter, mode, demo_models = predictor.adapter, "attend-and-segment", {"attend": predictor}
+    if args.answer_first:
+        demo = Demo(adapter, question_template=REASON_TEMPLATE, **demo_models)
+        predictor = AnswerThenGround(demo, GenerationSettings(max_new_tokens=args.max_new_tokens))
+        mode = f"{mode}, answer-first"
     results = evaluate(
-        load_module(checkpoint, cfg),
+        module,
         cfg,
         splits,
         PROTOCOLS[args.protocol],
         out,
-        checkpoint=args.ckpt.resolve(),
+        predictor=predictor,
+        transform=build_image_transform(adapter),
+        checkpoint=args.ckpt.resolve() if args.ckpt else None,
         overlays=args.overlays,
         save_masks=args.save_masks,
+        mode=mode,
     )
     return results, out
 
@@ -74,7 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by tools/train.py")
+    parser.add_argument(
+        "--mode", choices=MODES, default="head", help="a trained checkpoint, or training-free"
+    )
+    parser.add_argument("--ckpt", type=Path, help="checkpoint written by tools/train.py (mode head)")
+    parser.add_argument("--config", type=Path, help="config of the LMM and SAM (mode attend-and-segment)")
+    parser.add_argument(
+        "--top-heads", type=float, default=None, help="attend-and-segment: keep this fraction of heads"
+    )
+    parser.add_argument(
+        "--answer-first",
+        action="store_true",
+        help="reasoning style: the LMM answers each query (greedy), and its answer is grounded",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length with --answer-first")
     parser.add_argument("--splits", default=None, help="comma-separated DATASET:SPLIT names")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="both", help="RES protocol(s)")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
@@ -82,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlays", type=int, default=4, help="best and worst N queries drawn per split")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.root=/datasets")
     args = parser.parse_args(argv)
+    if args.mode == "head" and (args.ckpt is None or args.config is not None):
+        parser.error("mode head needs --ckpt (and no --config)")
+    if args.mode == "attend-and-segment" and (args.config is None or args.ckpt is not None):
+        parser.error("mode attend-and-segment needs --config (and no --ckpt)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         results, out = test(args)

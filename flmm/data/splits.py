@@ -1,8 +1,8 @@
 """Name dataset splits as `DATASET:SPLIT` strings and build their datasets from the config's data section.
 
-`refcoco:val`, `refcoco+:testA`, `refcocog:test`, `png:val2017`. A user's own dataset class registered
-in `flmm.registry.DATASETS` under a name is reachable as `NAME:SPLIT` too (it receives root, split,
-protocol, transform, max_skip_fraction and seed).
+`refcoco:val`, `refcoco+:testA`, `refcocog:test`, `png:val2017`, `reasonseg:val`. A user's own dataset
+class registered in `flmm.registry.DATASETS` under a name is reachable as `NAME:SPLIT` too (it receives
+root, split, protocol, transform, max_skip_fraction and seed).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from flmm.data.datasets import GroundingDataset
 from flmm.data.png import PNG_SPLITS, png_paths
+from flmm.data.reasonseg import REASONSEG_SPLITS, reasonseg_dir
 from flmm.data.refcoco import REFER_DATASETS, refer_paths
 from flmm.errors import DataError
 from flmm.registry import DATASETS
@@ -29,6 +30,7 @@ EVAL_RES_SPLITS = (
     "refcocog:test",
 )
 EVAL_PNG_SPLITS = ("png:val2017",)
+EVAL_REASONSEG_SPLITS = ("reasonseg:val",)
 
 
 def parse_split(spec: str) -> tuple[str, str]:
@@ -42,8 +44,11 @@ def parse_split(spec: str) -> tuple[str, str]:
     elif name == "png":
         if split not in PNG_SPLITS:
             raise DataError(f"'{spec}': png has splits {list(PNG_SPLITS)}")
+    elif name == "reasonseg":
+        if split not in REASONSEG_SPLITS:
+            raise DataError(f"'{spec}': reasonseg has splits {list(REASONSEG_SPLITS)}")
     elif DATASETS.get(name) is None:
-        known = [*REFER_DATASETS, "png"]
+        known = [*REFER_DATASETS, "png", "reasonseg"]
         raise DataError(f"'{spec}': unknown dataset '{name}'; expected one of {known} or a registered name")
     return name, split
 
@@ -56,12 +61,15 @@ def split_exists(root: str | Path, spec: str) -> bool:
     if name == "png":
         narratives, panoptic, _, _ = png_paths(root, split)
         return narratives.is_file() and panoptic.is_file()
+    if name == "reasonseg":
+        return any(reasonseg_dir(root, split).glob("*.json"))
     return True
 
 
 def default_eval_splits(root: str | Path) -> list[str]:
-    """Every RES evaluation split and PNG val that exist under the data root, in the usual order."""
-    return [s for s in (*EVAL_RES_SPLITS, *EVAL_PNG_SPLITS) if split_exists(root, s)]
+    """Every RES evaluation split, PNG val and ReasonSeg val that exist under the data root, in that order."""
+    splits = (*EVAL_RES_SPLITS, *EVAL_PNG_SPLITS, *EVAL_REASONSEG_SPLITS)
+    return [s for s in splits if split_exists(root, s)]
 
 
 def default_protocol(spec: str, protocol: str) -> str:
@@ -103,6 +111,8 @@ def missing_data_message(root: Path, spec: str) -> str:
     name, split = parse_split(spec)
     if name in REFER_DATASETS:
         missing = [str(p) for p in refer_paths(root, name) if not p.is_file()]
+    elif name == "reasonseg":
+        missing = [f"{reasonseg_dir(root, split)}/*.json (+ the .jpg of each)"]
     else:
         missing = [str(p) for p in png_paths(root, split)[:2] if not p.is_file()]
     return (

@@ -19,7 +19,15 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from flmm.data.synthetic_scene import BACKGROUNDS, COLOURS, SHAPES, STUFF, SceneObject, compose_scene
+from flmm.data.synthetic_scene import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    STUFF,
+    Scene,
+    SceneObject,
+    compose_scene,
+)
 from flmm.data.synthetic_text import narrative, ref_record, refer_objects
 from flmm.errors import ConfigError
 
@@ -70,6 +78,22 @@ def holdout_pairs(config: SyntheticConfig) -> list[tuple[str, str]]:
     shapes = [str(s) for s in rng.permutation(SHAPES)]
     k = round(0.15 * len(COLOURS) * len(SHAPES))
     return sorted((colours[i % len(colours)], shapes[i % len(shapes)]) for i in range(k))
+
+
+def train_pairs(config: SyntheticConfig) -> list[tuple[str, str]]:
+    """The (colour, shape) pairs that training images may show: all but the held-out ones."""
+    holdout = holdout_pairs(config)
+    return [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in holdout]
+
+
+def sample_scene(rng: np.random.Generator, config: SyntheticConfig, allowed: list) -> Scene:
+    """A scene drawn like a RefCOCO train image of `config` (image size, object count, overlap, background)
+    from the pairs `allowed`: scenes beyond the world's own, e.g. to pretrain the toy models on."""
+    w, h = _image_size(rng, config.size)
+    lo = 1 if rng.random() < 0.1 else 2
+    n_objects = int(rng.integers(min(lo, config.max_objects), config.max_objects + 1))
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    return compose_scene(rng, w, h, n_objects, config.overlap, background, allowed, [])
 
 
 def _image_size(rng, base: int) -> tuple[int, int]:

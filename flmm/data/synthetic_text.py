@@ -281,6 +281,29 @@ def ref_record(ref_id: int, ann: dict, split: str, texts: list[str], first_sent_
     }
 
 
+_OPENINGS = (
+    ("In this picture", "we can see"),
+    ("In this image", "we can see"),
+    ("Here", "we can see"),
+    ("In this image", "I can see"),
+    ("This picture shows",),
+)
+_ALL_THINGS = ("some shapes", "all the shapes", "these objects")
+# Fixed words of narratives beyond the openings and _ALL_THINGS (stuff names come from the scene module).
+_NARRATIVE_WORDS = "a an and on the in background under sky front of at top bottom left right middle"
+
+
+def template_words() -> list[str]:
+    """Every word the expression and narrative templates can put around the scene's own attribute words
+    (colours, shapes, stuff, which the scene module lists), sorted: a tokenizer's vocabulary needs them."""
+    texts = [t for table in (_SHORT, _LONG) for templates in table.values() for t in templates]
+    texts += [" ".join(opening) for opening in _OPENINGS] + [*_ALL_THINGS, _NARRATIVE_WORDS]
+    texts += [*RELATIONS, *LOCATIONS, *NUMBERS, *PLURALS.values(), "one shape"]
+    texts += [w for words in SIZE_WORDS.values() for w in words]
+    words = {w for text in texts for w in tokenize(re.sub(r"\{[a-zA-Z]\}", " ", text))}
+    return sorted(words)
+
+
 def _position_words(obj, width: int, height: int) -> str | None:
     u, v = obj.cx / width, obj.cy / height
     if u < 0.3:
@@ -312,13 +335,7 @@ def narrative(
     def say(text: str, ids=(), plural: bool = False) -> None:
         utts.append((text, list(ids), plural, bool(ids)))
 
-    for text in [
-        ("In this picture", "we can see"),
-        ("In this image", "we can see"),
-        ("Here", "we can see"),
-        ("In this image", "I can see"),
-        ("This picture shows",),
-    ][int(rng.integers(0, 5))]:
+    for text in _OPENINGS[int(rng.integers(0, len(_OPENINGS)))]:
         say(text)
     groups: dict[str, list] = {}
     for obj, sid in things:
@@ -340,7 +357,7 @@ def narrative(
             say(f"{NUMBERS[len(members) - 2]} {words}", [s for _, s in members], plural=True)
     if len(things) > 1 and rng.random() < 0.5:
         say("and")
-        say(str(rng.choice(["some shapes", "all the shapes", "these objects"])), [s for _, s in things], True)
+        say(str(rng.choice(_ALL_THINGS)), [s for _, s in things], True)
     bottom, top = stuff.get("bottom"), stuff.get("top")
     if bottom:
         say(f"on the {bottom[0]}", [bottom[1]])

@@ -22,10 +22,18 @@ from flmm.lmm.loading import resolve_checkpoint
 from flmm.models.grounding import GroundingModel
 from flmm.models.mask_head import UNetMaskHead
 from flmm.models.sam_refiner import SamRefiner
+from flmm.models.selector import KeywordSelector
 from flmm.registry import LMM_ADAPTERS, MODELS
 
 # The built-in components; importing them is what registers them in the registries.
-BUILTIN_COMPONENTS = (LlavaAdapter, LlavaNextAdapter, UNetMaskHead, SamRefiner, GroundingModel)
+BUILTIN_COMPONENTS = (
+    LlavaAdapter,
+    LlavaNextAdapter,
+    UNetMaskHead,
+    SamRefiner,
+    GroundingModel,
+    KeywordSelector,
+)
 
 SAM_DOWNLOADS = {
     "vit_b": "sam_vit_b_01ec64.pth",
@@ -49,17 +57,23 @@ def build_grounding_model(cfg: DictConfig, adapter: LMMAdapter) -> GroundingMode
     head = build_component(
         MODELS, "model.mask_head", cfg.model.mask_head, in_channels=attention_channels(adapter)
     )
-    refiner = None
-    if cfg.model.refiner is not None:
-        text = adapter.lmm.config.text_config
-        refiner = build_component(
-            MODELS,
-            "model.refiner",
-            cfg.model.refiner,
-            hidden_size=text.hidden_size,
-            num_layers=text.num_hidden_layers,
-        )
-    return GroundingModel(head, refiner)
+    return GroundingModel(head, build_text_component(cfg, adapter, "refiner"))
+
+
+def build_text_component(cfg: DictConfig, adapter: LMMAdapter, key: str):
+    """`model.<key>` (the refiner or the keyword selector) sized for the adapter's hidden states, or None
+    when the config sets it to null."""
+    section = cfg.model.get(key)
+    if section is None:
+        return None
+    text = adapter.lmm.config.text_config
+    return build_component(
+        MODELS,
+        f"model.{key}",
+        section,
+        hidden_size=text.hidden_size,
+        num_layers=text.num_hidden_layers,
+    )
 
 
 def build_image_transform(adapter: LMMAdapter):

@@ -4,7 +4,10 @@
 (split, protocol), computes `ResMetrics` / `PngRecallMetrics` on the refined and on the coarse masks, and
 writes results.json, results.md, best/worst overlays and optional per-query masks (`flmm.engine.report`).
 Any `predictor` (batch -> per-phrase masks at the original size) goes through the same path, so ground-truth
-masks fed as predictions must score 100 everywhere: that is how the evaluation itself is tested.
+masks fed as predictions must score 100 everywhere: that is how the evaluation itself is tested; the
+training-free attend-and-segment predictor (`flmm.engine.attend`) is scored this way beside the trained head.
+Ignore regions, per-group metrics (ReasonSeg's short / long queries) and a keyword selector's token F1
+come from `flmm.engine.task_metrics`.
 
 Exactness under DDP: every loader shards with `ShardSampler` (no padding, no repeated sample), metric states
 are integer sums reduced once at the end, and the per-query records (IoU, prediction RLE) are gathered to
@@ -40,6 +43,7 @@ from flmm.engine.metrics import PngRecallMetrics, ResMetrics, binarize, intersec
 from flmm.engine.module import GroundingModule, check_checkpoint_fits, read_checkpoint
 from flmm.engine.report import QueryRecord, ReportWriter
 from flmm.engine.sampling import ShardSampler, world
+from flmm.engine.task_metrics import TaskExtraMetrics, without_ignored
 from flmm.errors import ConfigError, FlmmError
 from flmm.models.mask_head import crop_padding
 
@@ -53,27 +57,34 @@ class PhrasePredictions:
 
     refined: P maps `(H_i, W_i)`, float logits (thresholded with `binarize`) or bool masks.
     coarse: the same for the coarse masks of the U-Net alone, or None to score `refined` twice.
+    selector_counts: `(4,)` long token counts of a keyword selector on the batch's texts (true positives,
+        false positives, false negatives, tokens; `flmm.models.selector.token_counts`), or None.
     """
 
     refined: list[torch.Tensor]
     coarse: list[torch.Tensor] | None = None
+    selector_counts: torch.Tensor | None = None
 
 
 Predictor = Callable[[dict], PhrasePredictions]
 
 
 class ModelPredictor(nn.Module):
-    """The grounding model as a predictor: its predictions (refined, or coarse without a refiner) and its
-    coarse logits cropped and resized to the original size."""
+    """The grounding model as a predictor: its predictions (refined, or coarse without a refiner), its
+    coarse logits cropped and resized to the original size, and its keyword selector's token counts."""
 
     def __init__(self, module: GroundingModule):
         super().__init__()
         self.module = module
 
     def forward(self, batch: dict) -> PhrasePredictions:
-        out, image_index = self.module(batch)
+        grounded = self.module.ground(batch)
+        out, image_index = grounded.out, grounded.image_index
         coarse = crop_padding(out.coarse_square, image_index, batch["pad_meta"], resize_to_original=True)
-        return PhrasePredictions(out.predictions, coarse)
+        counts = None
+        if self.module.selector is not None:
+            counts = grounded.selector_counts(self.module.selector.select(grounded.selector_logits))
+        return PhrasePredictions(out.predictions, coarse, counts)
 
 
 def ground_truth_predictor(batch: dict) -> PhrasePredictions:
@@ -193,12 +204,13 @@ class EvaluationModule(pl.LightningModule):
         self.tasks, self.report, self.keep_masks = tasks, report, keep_masks
         self.refined_metrics = nn.ModuleList(PngRecallMetrics() if t.is_png else ResMetrics() for t in tasks)
         self.coarse_metrics = nn.ModuleList(PngRecallMetrics() if t.is_png else ResMetrics() for t in tasks)
+        self.extra_metrics = nn.ModuleList(TaskExtraMetrics(t.dataset) for t in tasks)
         self.records: list[list[QueryRecord]] = [[] for _ in tasks]
 
     def on_test_epoch_start(self) -> None:
         # Fresh state tensors in every process: `ddp_spawn` on CPU hands the module to its workers through
         # shared memory, and in-place sums into shared states would add up the ranks' queries twice.
-        for metric in (*self.refined_metrics, *self.coarse_metrics):
+        for metric in (*self.refined_metrics, *self.coarse_metrics, *self.extra_metrics):
             metric.reset()
         self.records = [[] for _ in self.tasks]
 
@@ -206,10 +218,13 @@ class EvaluationModule(pl.LightningModule):
         if batch is None:  # every sample of the batch was broken (counted and logged by the dataset)
             return
         predictions = self.predictor(batch)
-        refined = _as_masks(predictions.refined)
-        coarse = refined if predictions.coarse is None else _as_masks(predictions.coarse)
-        targets = [mask.bool() for masks in batch["masks"] for mask in masks]
         queries = [q for qs in batch["queries"] for q in qs]
+        refined = without_ignored(_as_masks(predictions.refined), queries)
+        coarse = (
+            refined if predictions.coarse is None else without_ignored(_as_masks(predictions.coarse), queries)
+        )
+        targets = without_ignored([mask.bool() for masks in batch["masks"] for mask in masks], queries)
+        self.extra_metrics[dataloader_idx].update(refined, targets, queries, predictions.selector_counts)
         for metric, masks in (
             (self.refined_metrics[dataloader_idx], refined),
             (self.coarse_metrics[dataloader_idx], coarse),
@@ -235,7 +250,10 @@ class EvaluationModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # Collectives: every rank computes (reduces) every metric and takes part in the gather.
-        metrics = [(r.compute(), c.compute()) for r, c in zip(self.refined_metrics, self.coarse_metrics)]
+        metrics = [
+            ({**refined.compute(), **extra.compute()}, coarse.compute())
+            for refined, coarse, extra in zip(self.refined_metrics, self.coarse_metrics, self.extra_metrics)
+        ]
         gathered = _gather_to_rank_zero(self.records)
         if gathered is not None:
             self.report(metrics, gathered)
@@ -266,6 +284,7 @@ def evaluate(
     checkpoint: str | Path | None = None,
     overlays: int = 0,
     save_masks: bool = False,
+    mode: str = "trained-head",
 ) -> dict | None:
     """Evaluate `module` (or `predictor`) on `splits` and write the report into `out_dir`.
 
@@ -278,7 +297,7 @@ def evaluate(
         predictor: batch -> `PhrasePredictions`; default `ModelPredictor(module)`.
         transform: the image transform of the datasets; default the module's LMM transform (None without
             a module: samples then hold images and masks only).
-        checkpoint: recorded in results.json.
+        checkpoint, mode: recorded in results.json.
         overlays: best and worst N queries drawn per split and protocol.
         save_masks: write every query's predicted mask as RLE.
 
@@ -316,7 +335,7 @@ def evaluate(
             "evaluate with fewer devices"
         )
     checkpoint = str(checkpoint) if checkpoint else None
-    report = ReportWriter(out_dir, tasks, checkpoint, config_to_dict(cfg), overlays, save_masks)
+    report = ReportWriter(out_dir, tasks, checkpoint, config_to_dict(cfg), overlays, save_masks, mode)
     evaluator = EvaluationModule(
         predictor or ModelPredictor(module), tasks, report, keep_masks=save_masks or overlays > 0
     )

@@ -1,13 +1,15 @@
 """The LightningModule: frozen LMM adapter -> grounding model -> losses, metrics, optimisation.
 
-Only the mask head and the refiner's prompt encoder / mask decoder / language projection train. The LMM
-and SAM's image encoder are frozen and never stored: checkpoints hold the trainable weights and the resolved
-config, and a checkpoint is refused (with a message) by a run built for another LMM.
+Only the mask head, the refiner's prompt encoder / mask decoder / language projection and the optional
+keyword selector (`model.selector`) train. The LMM and SAM's image encoder are frozen and never stored:
+checkpoints hold the trainable weights and the resolved config, and a checkpoint is refused (with a
+message) by a run built for another LMM.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,18 @@ import torch
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
-from flmm.engine.build import attention_channels, build_adapter, build_grounding_model
+from flmm.engine.build import (
+    attention_channels,
+    build_adapter,
+    build_grounding_model,
+    build_text_component,
+)
 from flmm.engine.metrics import ResMetrics, binarize
 from flmm.errors import ConfigError, FlmmError
 from flmm.models.grounding import GroundingOutput
 from flmm.models.losses import grounding_losses
 from flmm.models.mask_head import crop_padding
+from flmm.models.selector import TokenF1, token_counts
 
 # State-dict prefixes of the frozen parts that come from their own weight files, never from checkpoints.
 FROZEN_PREFIXES = ("adapter.", "model.refiner.sam.image_encoder.")
@@ -35,6 +43,23 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass
+class Grounded:
+    """One batch through the model: its output, `(P,)` image index of each phrase, and, with a selector,
+    its text-token logits `(B, T)`, labels `(B, T)` bool (token inside a grounded phrase) and mask
+    `(B, T)` bool (real text tokens)."""
+
+    out: GroundingOutput
+    image_index: torch.Tensor
+    selector_logits: torch.Tensor | None = None
+    selector_labels: torch.Tensor | None = None
+    selector_mask: torch.Tensor | None = None
+
+    def selector_counts(self, selected: torch.Tensor) -> torch.Tensor:
+        """`(4,)` token counts (tp, fp, fn, tokens) of a `(B, T)` selection against the labels."""
+        return token_counts(selected, self.selector_labels, self.selector_mask)
+
+
 class GroundingModule(pl.LightningModule):
     """Train and validate the grounding model of a config (a plain dict, stored in checkpoints)."""
 
@@ -44,9 +69,12 @@ class GroundingModule(pl.LightningModule):
         self.cfg = OmegaConf.create(config)
         self.adapter = build_adapter(self.cfg)
         self.model = build_grounding_model(self.cfg, self.adapter)
+        # None without `model.selector`: then no `selector.*` weights, so older checkpoints still fit.
+        self.selector = build_text_component(self.cfg, self.adapter, "selector")
         self.val_splits = list(self.cfg.data.val_splits if val_splits is None else val_splits)
         self.val_metrics = torch.nn.ModuleList([ResMetrics() for _ in self.val_splits])
         self.val_coarse_metrics = torch.nn.ModuleList([ResMetrics() for _ in self.val_splits])
+        self.val_selector_metrics = torch.nn.ModuleList([TokenF1() for _ in self.val_splits])
         # Frozen weights are absent from checkpoints; `on_load_checkpoint` checks the rest explicitly.
         self.strict_loading = False
         # DDP must neither broadcast nor all-reduce the frozen LMM (7B) and SAM encoder at start-up.
@@ -76,12 +104,22 @@ class GroundingModule(pl.LightningModule):
 
         Returns the model's output and `(P,)` the image index of each phrase.
         """
+        grounded = self.ground(batch)
+        return grounded.out, grounded.image_index
+
+    def ground(self, batch: dict) -> Grounded:
+        """`forward`, plus the keyword selector's logits and labels on the text tokens when there is one."""
         image_sizes = batch.get("image_sizes")
         encoded = self.adapter.encode_text(
             batch["text"], batch["phrase_spans"], batch["pixel_values"], image_sizes
         )
         lmm_out = self.adapter(
-            encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, batch["pixel_values"], image_sizes
+            encoded.input_ids,
+            encoded.attention_mask,
+            encoded.phrase_ids,
+            batch["pixel_values"],
+            image_sizes,
+            text_mask=None if self.selector is None else encoded.text_mask,
         )
         image_index = lmm_out.phrase_batch_index.to(self.device)
         out = self.model(
@@ -92,7 +130,15 @@ class GroundingModule(pl.LightningModule):
             lmm_out.hidden_states.to(self.device),
             lmm_out.hidden_mask.to(self.device),
         )
-        return out, image_index
+        if self.selector is None:
+            return Grounded(out, image_index)
+        return Grounded(
+            out,
+            image_index,
+            self.selector(lmm_out.text_hidden.to(self.device)),
+            lmm_out.text_phrase_ids.to(self.device) >= 0,
+            lmm_out.text_token_mask.to(self.device),
+        )
 
     @staticmethod
     def phrase_targets(batch: dict) -> list[torch.Tensor]:
@@ -100,8 +146,14 @@ class GroundingModule(pl.LightningModule):
         return [mask for masks in batch["masks"] for mask in masks]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out, image_index = self(batch)
-        losses = self.image_averaged_losses(out, image_index, self.phrase_targets(batch))
+        grounded = self.ground(batch)
+        losses = self.image_averaged_losses(grounded.out, grounded.image_index, self.phrase_targets(batch))
+        if self.selector is not None:
+            # One text per image, so the per-text average is also a per-image one (same under DDP).
+            losses["loss_selector"] = self.selector.loss(
+                grounded.selector_logits, grounded.selector_labels, grounded.selector_mask
+            )
+            losses["loss"] = losses["loss"] + self.selector.loss_weight * losses["loss_selector"]
         for name, value in losses.items():
             self.log(
                 f"train/{name}",
@@ -135,7 +187,11 @@ class GroundingModule(pl.LightningModule):
     ) -> GroundingOutput | None:
         if batch is None:  # every sample of the batch was broken (counted and logged by the dataset)
             return None
-        out, image_index = self(batch)
+        grounded = self.ground(batch)
+        out, image_index = grounded.out, grounded.image_index
+        if self.selector is not None:
+            selected = self.selector.select(grounded.selector_logits)
+            self.val_selector_metrics[dataloader_idx].update(grounded.selector_counts(selected))
         targets = [t.bool() for t in self.phrase_targets(batch)]
         boxes = [q["bbox"] for queries in batch["queries"] for q in queries]
         self.val_metrics[dataloader_idx].update(
@@ -148,14 +204,19 @@ class GroundingModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # `compute()` already sums the metric states of all ranks, so every rank logs the same values; the
         # mean over ranks of `sync_dist=True` leaves them unchanged (and Lightning does not warn under DDP).
-        for split, metric, coarse in zip(self.val_splits, self.val_metrics, self.val_coarse_metrics):
+        metrics = zip(self.val_splits, self.val_metrics, self.val_coarse_metrics, self.val_selector_metrics)
+        for split, metric, coarse, selector in metrics:
             results = metric.compute()
             coarse_results = coarse.compute()
             for key in ("cIoU", "gIoU", "P@0.5", "n_queries"):
                 self.log(f"val/{split}/{key}", float(results[key]), sync_dist=True)
             self.log(f"val/{split}/coarse_cIoU", float(coarse_results["cIoU"]), sync_dist=True)
+            if self.selector is not None:
+                f1 = selector.compute()["selector_token_F1"]
+                self.log(f"val/{split}/selector_token_F1", float(f1), sync_dist=True)
             metric.reset()
             coarse.reset()
+            selector.reset()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -1,6 +1,6 @@
 """What an evaluation writes: results.json, results.md, best/worst overlays and per-query RLE masks.
 
-    OUT/results.json      {"checkpoint", "config_hash", "splits": {split: {protocol: metrics}}}
+    OUT/results.json      {"checkpoint", "mode", "config_hash", "splits": {split: {protocol: metrics}}}
     OUT/results.md        the same as a table a person reads, the protocol named in every row
     OUT/config.yaml       the resolved config whose canonical JSON `config_hash` is the sha256 of
     OUT/overlays/SPLIT_PROTOCOL/{best,worst}_NN.png   prediction filled, ground truth outlined
@@ -8,7 +8,9 @@
 
 Metrics are in percent. Each protocol's dict starts with `n_queries`, then the metrics of the refined
 masks (`cIoU`, `gIoU`, `P@0.5` .. `P@0.9`, `REC@0.5`; or `AR`, `AR_things`, ... and group counts for PNG),
-then the same of the coarse masks prefixed `coarse_`. A rate with nothing to average is null.
+then any per-group (`cIoU_short`, ...) and keyword-selector (`selector_token_F1`, ...) metrics, then the
+same of the coarse masks prefixed `coarse_`. A rate with nothing to average is null. `mode` is
+`trained-head` (a checkpoint) or `attend-and-segment` (training-free, no checkpoint).
 """
 
 from __future__ import annotations
@@ -74,12 +76,28 @@ def protocol_metrics(refined: dict[str, float | int], coarse: dict[str, float | 
     return out
 
 
-def results_dict(tasks, metrics: list[tuple[dict, dict]], checkpoint: str | None, config: dict) -> dict:
+def results_dict(
+    tasks, metrics: list[tuple[dict, dict]], checkpoint: str | None, config: dict, mode: str = "trained-head"
+) -> dict:
     """results.json for tasks (with `split` and `protocol`) and their (refined, coarse) metrics."""
     splits: dict[str, dict[str, dict]] = {}
     for task, (refined, coarse) in zip(tasks, metrics):
         splits.setdefault(task.split, {})[task.protocol] = protocol_metrics(refined, coarse)
-    return {"checkpoint": checkpoint, "config_hash": config_hash(config), "splits": splits}
+    return {"checkpoint": checkpoint, "mode": mode, "config_hash": config_hash(config), "splits": splits}
+
+
+def extra_metrics_lines(results: dict) -> list[str]:
+    """One Markdown bullet per split and protocol that has per-group or selector metrics."""
+    lines = []
+    for split, protocols in results["splits"].items():
+        for protocol, metrics in protocols.items():
+            extra = {
+                k: v for k, v in metrics.items() if k.startswith(("cIoU_", "gIoU_", "selector_token_F1"))
+            }
+            if extra:
+                cells = ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in extra.items())
+                lines.append(f"- {split} ({protocol}): {cells}")
+    return lines
 
 
 def results_markdown(results: dict) -> str:
@@ -88,12 +106,14 @@ def results_markdown(results: dict) -> str:
         [
             "# flmm evaluation",
             "",
-            f"- checkpoint: `{results['checkpoint']}`",
+            f"- checkpoint: `{results['checkpoint']}` (mode: {results['mode']})",
             f"- config sha256: `{results['config_hash']}` (config.yaml)",
             "- metrics in percent; `n`: queries scored; `coarse_*`: the mask head's masks before the refiner",
             f"- {PROTOCOL_NOTES}",
             "",
             format_results_table(results["splits"]),
+            "",
+            *extra_metrics_lines(results),
             "",
         ]
     )
@@ -160,6 +180,7 @@ class ReportWriter:
     config: dict
     overlays: int = 0
     save_masks: bool = False
+    mode: str = "trained-head"
 
     def __call__(self, metrics: list[tuple[dict, dict]], gathered: list[list[list[QueryRecord]]]) -> dict:
         """Write everything listed in the module docstring; return the results dict.
@@ -168,7 +189,7 @@ class ReportWriter:
         """
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        results = results_dict(self.tasks, metrics, self.checkpoint, self.config)
+        results = results_dict(self.tasks, metrics, self.checkpoint, self.config, self.mode)
         OmegaConf.save(OmegaConf.create(self.config), out / "config.yaml")
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         (out / "results.md").write_text(results_markdown(results), encoding="utf-8")

@@ -1,50 +1,64 @@
-"""First-use construction of the embedded default's tiny models (no download anywhere)."""
+"""First-use construction of the embedded default's toy models (no download anywhere).
+
+A toy config (`model.toy` set) names where its tiny LLaVA and tiny SAM live; whichever is absent is made
+here by its recipe (`flmm.toy`): pretrained on text about / masks of freshly drawn synthetic scenes, or
+left at its random initial weights when the config sets 0 steps (the control). The embedded default ships
+both under `toy_models/`, so this only runs for other paths or after they were deleted.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from flmm.data.safe_pickle import load_plain_pickle
+from flmm.toy.recipe import LmmRecipe, SamRecipe, load_recipe
 
 log = logging.getLogger("flmm.engine")
 
 
-def data_texts(root: str | Path) -> Iterator[str]:
-    """Every referring expression and narrative caption under a data root (the tiny tokenizer's corpus)."""
-    coco = Path(root) / "coco"
-    for refs_path in sorted(coco.glob("refcoco*/refs(*).p")):
-        for ref in load_plain_pickle(refs_path):
-            yield from (s["sent"] for s in ref["sentences"])
-    for narratives_path in sorted((coco / "annotations").glob("png_coco_*.json")):
-        yield from (n["caption"] for n in json.loads(narratives_path.read_text(encoding="utf-8")))
+def toy_lmm_recipe(toy: DictConfig) -> LmmRecipe:
+    """The LLaVA recipe of a `model.toy` section, with its seed, size and step overrides applied."""
+    recipe = load_recipe(LmmRecipe, str(toy.lmm_recipe))
+    recipe.seed = int(toy.seed)
+    sizes = OmegaConf.merge(OmegaConf.create(recipe.sizes), toy.lmm_sizes or {})
+    recipe.sizes = OmegaConf.to_container(sizes, resolve=True)
+    if toy.pretrain_steps is not None:
+        recipe.steps = int(toy.pretrain_steps)
+    return recipe
+
+
+def toy_sam_recipe(toy: DictConfig) -> SamRecipe:
+    """The SAM recipe of a `model.toy` section, with its seed and step overrides applied."""
+    recipe = load_recipe(SamRecipe, str(toy.sam_recipe))
+    recipe.seed = int(toy.seed)
+    if toy.sam_pretrain_steps is not None:
+        recipe.steps = int(toy.sam_pretrain_steps)
+    return recipe
 
 
 def ensure_toy_models(cfg: DictConfig) -> None:
-    """Build the tiny LLaVA and tiny SAM a toy config names when they are not on disk yet."""
+    """Make the tiny LLaVA and tiny SAM a toy config names when they are not on disk yet."""
     toy = cfg.model.toy
     if toy is None:
         return
-    from flmm.lmm.tiny import build_tiny_llava
-
+    progress = bool(cfg.train.progress_bar)
     lmm_dir = Path(str(cfg.model.lmm.model))
     if not (lmm_dir / "config.json").is_file():
-        log.warning("building the toy LLaVA in %s (first use)", lmm_dir)
-        sizes = OmegaConf.to_container(toy.lmm_sizes, resolve=True)
-        build_tiny_llava(lmm_dir, seed=int(toy.seed), config=sizes, corpus=list(data_texts(cfg.data.root)))
+        from flmm.toy.pretrain_lmm import pretrain_lmm
+
+        recipe = toy_lmm_recipe(toy)
+        log.warning("building the toy LLaVA in %s (first use, %d pretraining steps)", lmm_dir, recipe.steps)
+        pretrain_lmm(lmm_dir, recipe, progress=progress, log=log.warning)
     refiner = cfg.model.refiner
     if refiner is not None and refiner.get("model_type") == "tiny" and refiner.get("checkpoint"):
         checkpoint = Path(str(refiner.checkpoint))
         if not checkpoint.is_file():
-            from flmm.models.sam_build import build_tiny_sam
+            from flmm.toy.pretrain_sam import pretrain_sam
 
-            log.warning("building the toy SAM in %s (first use)", checkpoint)
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            with torch.random.fork_rng():
-                torch.manual_seed(int(toy.seed))
-                torch.save(build_tiny_sam().state_dict(), checkpoint)
+            recipe = toy_sam_recipe(toy)
+            log.warning(
+                "building the toy SAM in %s (first use, %d pretraining steps)", checkpoint, recipe.steps
+            )
+            pretrain_sam(checkpoint, recipe, progress=progress, log=log.warning)

@@ -23,7 +23,7 @@ from flmm.errors import ConfigError
 from flmm.lmm.capture import CAPTURE_ATTN_IMPLEMENTATION, AttentionRecorder, reduce_rows, select_rows
 from flmm.lmm.grid import GridLayout, GridMeta
 from flmm.lmm.loading import load_pretrained, resolve_dtype
-from flmm.lmm.plan import BatchPlan, plan_batch, position_ids_from_mask
+from flmm.lmm.plan import BatchPlan, plan_batch, position_ids_from_mask, positions_first
 from flmm.lmm.text import DEFAULT_PROMPT_TEMPLATE, EncodedText, Span, check_spans, encode_prompts
 
 CAPTURE_MODES = ("eager", "hooked")
@@ -42,6 +42,11 @@ class LMMOutput:
         returns it), zero where `hidden_mask` is False.
     hidden_mask: `(P, T_max)` bool, True on the phrase's tokens.
     grid: `GridMeta` (grid size, L, H, channels, per-sample layouts, which frame the grid covers).
+    text_hidden: `(B, S_t, L, D)` float32, the same layer outputs for every token of each sample's text (in
+        order, zero-padded to S_t), only when `forward` was given `text_mask`; else None.
+    text_token_mask: `(B, S_t)` bool, True on real text tokens; None without `text_mask`.
+    text_phrase_ids: `(B, S_t)` long, the phrase of each text token (-1: none, and on padding); None
+        without `text_mask`.
     """
 
     attention: torch.Tensor
@@ -49,6 +54,9 @@ class LMMOutput:
     hidden_states: torch.Tensor
     hidden_mask: torch.Tensor
     grid: GridMeta
+    text_hidden: torch.Tensor | None = None
+    text_token_mask: torch.Tensor | None = None
+    text_phrase_ids: torch.Tensor | None = None
 
 
 class LMMAdapter(nn.Module, ABC):
@@ -141,38 +149,33 @@ class LMMAdapter(nn.Module, ABC):
         self.lmm.eval()
         return self
 
-    def encode_text(
+    def expand_prompts(
         self,
-        texts: Sequence[str],
-        phrase_spans: Sequence[Sequence[Span]],
         pixel_values: torch.Tensor,
         image_sizes: torch.Tensor | None = None,
-        padding_side: str | None = None,
-    ) -> EncodedText:
-        """Prompt + text per sample, tokenized with the processor's image-token expansion for these images.
+        prompt_templates: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Per sample, its prompt template with the image token expanded to the image's token count.
 
-        texts: B strings; phrase_spans: per sample, char spans (start, end) into its text. pixel_values /
-        image_sizes: the preprocessed images, as the model will get them. Returns `(B, S)` tensors.
+        prompt_templates: B templates holding the processor's image token once (e.g. a question in the
+        model's chat format); default `prompt_template` for every sample. Tokenizing the result gives the
+        very `input_ids` the model's processor makes for this prompt and image.
         """
         processor = self._processor()
         image_token = processor.image_token
-        if self.prompt_template.count(image_token) != 1:
-            raise ConfigError(
-                f"prompt_template must contain {image_token!r} exactly once: {self.prompt_template!r}"
-            )
-        if not len(texts) == len(phrase_spans) == len(pixel_values):
-            raise ValueError(
-                f"{len(texts)} texts, {len(phrase_spans)} span lists, {len(pixel_values)} images"
-            )
+        templates = (
+            [self.prompt_template] * len(pixel_values) if prompt_templates is None else prompt_templates
+        )
+        if len(templates) != len(pixel_values):
+            raise ValueError(f"{len(templates)} prompt templates for {len(pixel_values)} images")
         layouts = self.grid_layouts(pixel_values, image_sizes)
         image_inputs = self.processor_image_inputs(pixel_values, image_sizes)
-        prompts, spans = [], []
-        for sample, (text, sample_spans) in enumerate(zip(texts, phrase_spans, strict=True)):
-            if image_token in text:
-                raise ValueError(
-                    f"sample {sample}: the text contains the image token {image_token!r}: {text!r}"
+        prompts = []
+        for sample, template in enumerate(templates):
+            if template.count(image_token) != 1:
+                raise ConfigError(
+                    f"a prompt template must contain {image_token!r} exactly once: {template!r}"
                 )
-            spans.append(check_spans(text, sample_spans, sample))
             replacement = processor.replace_image_token(image_inputs, sample)
             expanded, expected = replacement.count(image_token), layouts[sample].num_tokens
             if expanded != expected:
@@ -181,7 +184,39 @@ class LMMAdapter(nn.Module, ABC):
                     f"{expected} image features; check the processor's patch_size, "
                     "vision_feature_select_strategy and num_additional_image_tokens (1 for CLIP towers)"
                 )
-            prompts.append(f"{self.prompt_template.replace(image_token, replacement)} {text}")
+            prompts.append(template.replace(image_token, replacement))
+        return prompts
+
+    def encode_text(
+        self,
+        texts: Sequence[str],
+        phrase_spans: Sequence[Sequence[Span]],
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        padding_side: str | None = None,
+        prompt_templates: Sequence[str] | None = None,
+    ) -> EncodedText:
+        """Prompt + text per sample, tokenized with the processor's image-token expansion for these images.
+
+        texts: B strings; phrase_spans: per sample, char spans (start, end) into its text. pixel_values /
+        image_sizes: the preprocessed images, as the model will get them. prompt_templates: B prompts to
+        put before the texts instead of `prompt_template` (see `expand_prompts`): with a question's prompt
+        and the model's answer as text, the spans point into the answer. Returns `(B, S)` tensors.
+        """
+        processor = self._processor()
+        if not len(texts) == len(phrase_spans) == len(pixel_values):
+            raise ValueError(
+                f"{len(texts)} texts, {len(phrase_spans)} span lists, {len(pixel_values)} images"
+            )
+        spans = []
+        for sample, (text, sample_spans) in enumerate(zip(texts, phrase_spans, strict=True)):
+            if processor.image_token in text:
+                raise ValueError(
+                    f"sample {sample}: the text contains the image token {processor.image_token!r}: {text!r}"
+                )
+            spans.append(check_spans(text, sample_spans, sample))
+        expanded = self.expand_prompts(pixel_values, image_sizes, prompt_templates)
+        prompts = [f"{prompt} {text}" for prompt, text in zip(expanded, texts, strict=True)]
         return encode_prompts(processor.tokenizer, prompts, texts, spans, padding_side or self.padding_side)
 
     def encode(
@@ -190,11 +225,14 @@ class LMMAdapter(nn.Module, ABC):
         texts: Sequence[str],
         phrase_spans: Sequence[Sequence[Span]],
         padding_side: str | None = None,
+        prompt_templates: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Raw images (PIL / arrays) + texts -> the keyword arguments of `forward`, all with the processor."""
         image_inputs = self._processor().image_processor(list(images), return_tensors="pt")
         pixel_values, image_sizes = image_inputs["pixel_values"], image_inputs.get("image_sizes")
-        encoded = self.encode_text(texts, phrase_spans, pixel_values, image_sizes, padding_side)
+        encoded = self.encode_text(
+            texts, phrase_spans, pixel_values, image_sizes, padding_side, prompt_templates
+        )
         batch = {
             "input_ids": encoded.input_ids,
             "attention_mask": encoded.attention_mask,
@@ -213,8 +251,13 @@ class LMMAdapter(nn.Module, ABC):
         phrase_ids: torch.Tensor,
         pixel_values: torch.Tensor,
         image_sizes: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
     ) -> LMMOutput:
-        """One frozen forward pass -> `LMMOutput` (shapes there). Inputs as `encode` returns them."""
+        """One frozen forward pass -> `LMMOutput` (shapes there). Inputs as `encode` returns them.
+
+        text_mask: `(B, S)` bool (`EncodedText.text_mask`); given, the output also holds the hidden states
+        of every text token (for a keyword selector), not only of the phrase tokens.
+        """
         device = self.lmm.device
         input_ids, attention_mask, phrase_ids = (
             t.to(device) for t in (input_ids, attention_mask, phrase_ids)
@@ -240,6 +283,7 @@ class LMMAdapter(nn.Module, ABC):
             dim=2,
         )
         hidden = hidden.float() * plan.phrase_token_mask[:, :, None, None]
+        text = {} if text_mask is None else self._text_tokens(outputs, text_mask.to(device), phrase_ids)
         grid = GridMeta(
             size=layouts[0].base_hw,
             num_layers=self.num_layers,
@@ -248,7 +292,24 @@ class LMMAdapter(nn.Module, ABC):
             layouts=tuple(layouts),
             frame=self.frame,
         )
-        return LMMOutput(attention, plan.phrase_batch_index, hidden, plan.phrase_token_mask, grid)
+        return LMMOutput(attention, plan.phrase_batch_index, hidden, plan.phrase_token_mask, grid, **text)
+
+    @staticmethod
+    def _text_tokens(
+        outputs: Any, text_mask: torch.Tensor, phrase_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Hidden states `(B, S_t, L, D)`, mask and phrase ids of the text tokens (`text_mask (B, S)`)."""
+        counts = text_mask.sum(dim=1)
+        width = int(counts.max()) if counts.numel() else 0
+        token_mask = torch.arange(width, device=text_mask.device)[None, :] < counts[:, None]
+        positions = positions_first(text_mask, width).masked_fill(~token_mask, 0)
+        rows = torch.arange(len(text_mask), device=text_mask.device)[:, None]
+        hidden = torch.stack([h[rows, positions] for h in outputs.hidden_states[1:]], dim=2)
+        return {
+            "text_hidden": hidden.float() * token_mask[:, :, None, None],
+            "text_token_mask": token_mask,
+            "text_phrase_ids": phrase_ids.gather(1, positions).masked_fill(~token_mask, -1),
+        }
 
     def _run(self, inputs: dict[str, Any], plan: BatchPlan) -> tuple[list[torch.Tensor], Any]:
         """The model's forward with capture; per-layer maps `(B, P_max, H, N)` and the model outputs."""

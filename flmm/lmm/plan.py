@@ -31,7 +31,7 @@ class BatchPlan:
     phrase_token_mask: torch.Tensor
 
 
-def _positions_first(mask: torch.Tensor, width: int) -> torch.Tensor:
+def positions_first(mask: torch.Tensor, width: int) -> torch.Tensor:
     """Positions where `mask (R, S)` is True, ascending, in the first columns of an `(R, width)` tensor."""
     return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :width]
 
@@ -69,7 +69,7 @@ def plan_batch(
                 f"sample {sample} holds {int(image_counts[sample])} image tokens but its image yields "
                 f"{layout.num_tokens}; encode the text with the adapter's encode_text for this image"
             )
-    image_pos = _positions_first(is_image, int(image_counts.max()))
+    image_pos = positions_first(is_image, int(image_counts.max()))
 
     is_query = phrase_ids >= 0
     query_counts = is_query.sum(dim=1)
@@ -77,7 +77,7 @@ def plan_batch(
     query_valid = torch.arange(tokens, device=input_ids.device)[None, :] < query_counts[:, None]
     # Padded query slots read a real token's row (any will do, its weight is 0) so no row is all-masked.
     first_real = valid.to(torch.uint8).argmax(dim=1, keepdim=True)
-    query_pos = torch.where(query_valid, _positions_first(is_query, tokens), first_real)
+    query_pos = torch.where(query_valid, positions_first(is_query, tokens), first_real)
 
     num_phrases = phrase_ids.max(dim=1).values + 1
     max_phrases = int(num_phrases.max().clamp(min=0))
@@ -98,7 +98,7 @@ def plan_batch(
     per_phrase = token_counts[phrase_batch_index, phrase_local]
     width = int(per_phrase.max()) if per_phrase.numel() else 0
     phrase_token_mask = torch.arange(width, device=input_ids.device)[None, :] < per_phrase[:, None]
-    phrase_tokens = _positions_first(phrase_mask, width).masked_fill(~phrase_token_mask, 0)
+    phrase_tokens = positions_first(phrase_mask, width).masked_fill(~phrase_token_mask, 0)
 
     request = CaptureRequest(
         query_pos=query_pos, key_valid=valid, image_pos=image_pos, phrase_weights=weights

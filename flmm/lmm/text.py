@@ -27,11 +27,19 @@ class EncodedText:
 
     input_ids: `(B, S)` long. attention_mask: `(B, S)` long, 0 on padding.
     phrase_ids: `(B, S)` long, index of the phrase within its sample, -1 for tokens that ground nothing.
+    text_offsets: `(B, S, 2)` long, each token's char span `(start, end)` in its sample's text (clipped to
+        it), `(-1, -1)` for tokens outside the text (prompt, image tokens, padding).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     phrase_ids: torch.Tensor
+    text_offsets: torch.Tensor
+
+    @property
+    def text_mask(self) -> torch.Tensor:
+        """`(B, S)` bool, True on the tokens of the text (what follows the prompt)."""
+        return self.text_offsets[..., 0] >= 0
 
 
 def check_spans(text: str, spans: Sequence[Span], sample: int) -> list[Span]:
@@ -103,8 +111,15 @@ def encode_prompts(
         return_tensors="pt",
     )
     phrase_ids = torch.full_like(batch["input_ids"], -1)
+    text_offsets = torch.full((*batch["input_ids"].shape, 2), -1, dtype=torch.long)
     for sample, (prompt, text, spans) in enumerate(zip(prompts, texts, phrase_spans, strict=True)):
         offsets = batch["offset_mapping"][sample].tolist()
-        ids = phrase_ids_from_offsets(prompt, offsets, len(prompt) - len(text), spans, sample)
+        text_start = len(prompt) - len(text)
+        ids = phrase_ids_from_offsets(prompt, offsets, text_start, spans, sample)
         phrase_ids[sample] = torch.tensor(ids)
-    return EncodedText(batch["input_ids"], batch["attention_mask"], phrase_ids)
+        for token, (lo, hi) in enumerate(offsets):
+            # Padding and special tokens have empty (0, 0) offsets; a token ending in the prompt is not text.
+            if hi > text_start and hi > lo and batch["attention_mask"][sample, token]:
+                text_offsets[sample, token, 0] = max(lo, text_start) - text_start
+                text_offsets[sample, token, 1] = hi - text_start
+    return EncodedText(batch["input_ids"], batch["attention_mask"], phrase_ids, text_offsets)

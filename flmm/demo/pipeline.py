@@ -1,0 +1,281 @@
+"""Ask, answer, choose phrases, ground them: the demo's pipeline around a frozen LMM.
+
+1. The LMM answers the question with its own `generate()` (`flmm.demo.answer`).
+2. One prefill over prompt + answer, with hooked capture, gives every answer token's attention to the image
+   `(T, C, gh, gw)` and hidden states `(T, L, D)`: each text token is captured as its own phrase. A
+   phrase's attention is the mean of its tokens' rows, exactly what the adapter computes for a multi-token
+   phrase, so phrases can be chosen after this pass (by the keyword selector, which reads the same hidden
+   states) without a second one.
+3. The chosen phrases are grounded by the trained head (U-Net + SAM refiner) or, training-free, by
+   attend-and-segment. SAM's image embedding is computed once per image and kept for the next questions.
+
+The LMM sees its processor's `pixel_values` (what it alone would see); the pad meta that maps the head's
+square output back to the image comes from the data layer's transform, whose padding geometry is the
+processor's (centred, floor before) up to rounding of the resized side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flmm.config import load_config
+from flmm.data.datasets import join_phrases
+from flmm.demo.answer import QUESTION_TEMPLATE, GenerationSettings, generate_answer, question_prompt
+from flmm.demo.phrases import answer_span, locate_phrases, selected_spans
+from flmm.engine.attend import AttendAndSegment, build_attend_and_segment
+from flmm.engine.build import build_image_transform, preflight
+from flmm.engine.evaluate import checkpoint_config, load_checkpoint, load_module
+from flmm.engine.metrics import binarize
+from flmm.engine.toy import ensure_toy_models
+from flmm.lmm.base import LMMAdapter
+from flmm.lmm.text import Span, phrase_ids_from_offsets
+from flmm.models.grounding import GroundingModel
+from flmm.models.selector import KeywordSelector
+
+SOURCES = ("auto", "answer", "selector")
+
+
+@dataclass
+class PreparedImage:
+    """One image, preprocessed once: `array (H, W, 3)` and `tensor (3, H, W)` uint8, the processor's
+    `pixel_values (1, ...)` / `image_sizes`, the pad meta, and SAM's embedding `(1, C, h, w)` once made."""
+
+    array: np.ndarray
+    tensor: torch.Tensor
+    pixel_values: torch.Tensor
+    image_sizes: torch.Tensor | None
+    pad_meta: dict
+    sam_embedding: torch.Tensor | None = None
+
+
+@dataclass
+class PhraseResult:
+    """A grounded phrase: `span` into `DemoResult.text`, mask `(H, W)` bool, box `[x0, y0, x1, y1]` in
+    original pixels (max edges exclusive; None for an empty mask), score in [0, 1]."""
+
+    text: str
+    span: Span
+    in_answer: bool
+    box: list[int] | None
+    score: float
+    mask: np.ndarray
+
+
+@dataclass
+class DemoResult:
+    """What one question gave. `text` is what was grounded after `prompt` (the answer, or the user's
+    phrases joined with ". " when they are not all in the answer); `source`: answer, selector or phrases;
+    `mode`: trained-head or attend-and-segment; `image_size`: (H, W)."""
+
+    question: str | None
+    answer: str | None
+    prompt: str
+    text: str
+    source: str
+    mode: str
+    phrases: list[PhraseResult]
+    image_size: tuple[int, int]
+
+
+def mask_box(mask: np.ndarray) -> list[int] | None:
+    """`[x0, y0, x1, y1]` of the True pixels of `(H, W)`, max edges exclusive; None when empty."""
+    ys, xs = np.nonzero(mask)
+    return None if len(xs) == 0 else [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+class Demo:
+    """A loaded grounder: the frozen LMM adapter and either the trained `head` (+ optional `selector`)
+    or the training-free `attend`. Build it with `from_checkpoint` or `from_config`."""
+
+    def __init__(
+        self,
+        adapter: LMMAdapter,
+        head: GroundingModel | None = None,
+        selector: KeywordSelector | None = None,
+        attend: AttendAndSegment | None = None,
+        question_template: str = QUESTION_TEMPLATE,
+        cache_size: int = 4,
+    ):
+        if (head is None) == (attend is None):
+            raise ValueError("a Demo grounds with exactly one of a trained head or attend-and-segment")
+        self.adapter, self.head, self.selector, self.attend = adapter, head, selector, attend
+        self.question_template = question_template
+        self.mode = "trained-head" if head is not None else "attend-and-segment"
+        self.refiner = head.refiner if head is not None else attend.refiner
+        self.transform = build_image_transform(adapter)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
+
+    @classmethod
+    def from_checkpoint(cls, path, overrides: Sequence[str] = (), device: str | None = None) -> Demo:
+        """The trained head (and selector, if it has one) of a tools/train.py checkpoint."""
+        checkpoint = load_checkpoint(path)
+        cfg = checkpoint_config(checkpoint, overrides, source=str(path))
+        ensure_toy_models(cfg)
+        preflight(cfg, [])
+        module = load_module(checkpoint, cfg).to(_device(device))
+        return cls(module.adapter, head=module.model, selector=module.selector)
+
+    @classmethod
+    def from_config(
+        cls, path, overrides: Sequence[str] = (), top_fraction: float | None = None, device: str | None = None
+    ) -> Demo:
+        """Attend-and-segment with a config's frozen LMM and SAM; no checkpoint."""
+        cfg = load_config(path, overrides)
+        ensure_toy_models(cfg)
+        preflight(cfg, [])
+        attend = build_attend_and_segment(cfg, top_fraction).to(_device(device))
+        return cls(attend.adapter, attend=attend)
+
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        """Preprocess `(H, W, 3)` uint8 RGB, or take it from the cache of the last `cache_size` images."""
+        key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        inputs = self.adapter.processor.image_processor([image], return_tensors="pt")
+        prepared = PreparedImage(
+            image,
+            torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+            inputs["pixel_values"],
+            inputs.get("image_sizes"),
+            self.transform(image)["pad_meta"],
+        )
+        self._cache[key] = prepared
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return prepared
+
+    def run(
+        self,
+        image: np.ndarray,
+        question: str | None = None,
+        phrases: Sequence[str] | None = None,
+        settings: GenerationSettings | None = None,
+        source: str = "auto",
+    ) -> DemoResult:
+        """Answer `question` about `image` (uint8 `(H, W, 3)`) and ground the chosen phrases.
+
+        phrases: ground these instead of choosing (the question may then be None); found in the answer when
+        all of them are, else grounded on their own after the description prompt. settings: decoding,
+        greedy by default. source: how phrases are chosen from the answer: `answer` (the whole answer),
+        `selector` (the keyword selector), `auto` (the selector when the model has one).
+        """
+        if source not in SOURCES:
+            raise ValueError(f"phrase source must be one of {SOURCES}, got {source!r}")
+        if source == "selector" and self.selector is None:
+            raise ValueError("this model has no keyword selector (model.selector was null in training)")
+        if question is None and not phrases:
+            raise ValueError("give a question, phrases to ground, or both")
+        prepared = self.prepare(image)
+        answer, prompt = None, self.adapter.prompt_template
+        if question is not None:
+            prompt = question_prompt(question, self.adapter.processor.image_token, self.question_template)
+            answer = generate_answer(
+                self.adapter,
+                prepared.pixel_values,
+                prepared.image_sizes,
+                prompt,
+                settings or GenerationSettings(),
+            )
+        text, spans, kind = answer or "", None, "phrases"
+        if phrases:
+            spans = locate_phrases(text, phrases) if answer else None
+            if spans is None:
+                text, spans = join_phrases(list(phrases))
+                prompt = self.adapter.prompt_template
+        elif source == "answer" or (source == "auto" and self.selector is None):
+            spans, kind = answer_span(text), "answer"
+        else:
+            kind = "selector"
+        results = self._ground(prepared, prompt, text, spans, in_answer=text == answer)
+        size = (int(image.shape[0]), int(image.shape[1]))
+        return DemoResult(question, answer, prompt, text, kind, self.mode, results, size)
+
+    @torch.no_grad()
+    def _ground(
+        self, prepared: PreparedImage, prompt: str, text: str, spans: list[Span] | None, in_answer: bool
+    ) -> list[PhraseResult]:
+        """One prefill over `prompt text`; ground `spans` (None: the selector's choice)."""
+        if not text.strip():
+            return []
+        adapter = self.adapter
+        encoded = adapter.encode_text(
+            [text], [[]], prepared.pixel_values, prepared.image_sizes, prompt_templates=[prompt]
+        )
+        is_text = encoded.text_mask
+        token_ids = (is_text.long().cumsum(dim=1) - 1).masked_fill(~is_text, -1)
+        lmm_out = adapter(
+            encoded.input_ids, encoded.attention_mask, token_ids, prepared.pixel_values, prepared.image_sizes
+        )
+        offsets = [tuple(o) for o in encoded.text_offsets[0][is_text[0]].tolist()]
+        token_hidden = lmm_out.hidden_states[:, 0]  # (T, L, D): one token per captured "phrase"
+        if spans is None:
+            logits = self.selector(token_hidden[None].to(_module_device(self.selector)))
+            spans = selected_spans(text, self.selector.select(logits)[0].tolist(), offsets)
+        if not spans:
+            return []
+        owner = torch.tensor(phrase_ids_from_offsets(text, offsets, 0, spans))
+        members = [(owner == p).nonzero().flatten() for p in range(len(spans))]
+        attention = torch.stack([lmm_out.attention[m].mean(dim=0) for m in members])
+        width = max(len(m) for m in members)
+        hidden = token_hidden.new_zeros((len(spans), width, *token_hidden.shape[1:]))
+        hidden_mask = torch.zeros(len(spans), width, dtype=torch.bool)
+        for p, m in enumerate(members):
+            hidden[p, : len(m)] = token_hidden[m]
+            hidden_mask[p, : len(m)] = True
+        masks, scores = self._segment(prepared, attention, hidden, hidden_mask)
+        return [
+            PhraseResult(text[s:e], (s, e), in_answer, mask_box(mask), score, mask)
+            for (s, e), mask, score in zip(spans, masks, scores, strict=True)
+        ]
+
+    def _segment(
+        self,
+        prepared: PreparedImage,
+        attention: torch.Tensor,
+        hidden: torch.Tensor,
+        hidden_mask: torch.Tensor,
+    ) -> tuple[list[np.ndarray], list[float]]:
+        """P phrases' masks `(H, W)` bool and scores: SAM's predicted IoU (attend-and-segment), or the
+        mean foreground probability inside the mask (trained head; 0 for an empty mask)."""
+        image_index = torch.zeros(len(attention), dtype=torch.long)
+        if self.refiner is not None and prepared.sam_embedding is None:
+            prepared.sam_embedding = self.refiner.encode_images([prepared.tensor])
+        if self.attend is not None:
+            out = self.attend.segment(
+                attention, image_index, [prepared.pad_meta], [prepared.tensor], prepared.sam_embedding
+            )
+            return [binarize(m).cpu().numpy() for m in out.masks], out.scores.tolist()
+        device = _module_device(self.head)
+        out = self.head(
+            attention.to(device),
+            image_index.to(device),
+            [prepared.pad_meta],
+            [prepared.tensor],
+            hidden.to(device),
+            hidden_mask.to(device),
+            image_embeddings=prepared.sam_embedding,
+        )
+        masks, scores = [], []
+        for logits in out.predictions:
+            mask = binarize(logits)
+            masks.append(mask.cpu().numpy())
+            scores.append(float(logits.float().sigmoid()[mask].mean()) if mask.any() else 0.0)
+        return masks, scores
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device

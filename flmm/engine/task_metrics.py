@@ -1,0 +1,71 @@
+"""Metrics an evaluation task adds beside its main ones: per-group scores, a keyword selector's token F1,
+and the ignore regions that some datasets take out of every metric.
+
+A dataset may declare `query_groups = (field, values)`: each query's `field` names its group, and the task
+reports `cIoU_<value>`, `gIoU_<value>` and `n_<value>` per group (ReasonSeg: short and long queries). A query
+may carry `ignore_mask`, `(H, W)` bool: those pixels count neither in the intersection nor in the union
+(ReasonSeg's "ignore" regions, as LISA scores them). A predictor with a keyword selector reports token
+counts; the task then reports `selector_token_F1`, `selector_precision`, `selector_recall` and
+`selector_tokens`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flmm.engine.metrics import ResMetrics
+from flmm.models.selector import TokenF1
+
+
+def without_ignored(masks: list[torch.Tensor], queries: list[dict]) -> list[torch.Tensor]:
+    """Each query's bool mask `(H, W)` with the pixels of its `ignore_mask` (if any) switched off."""
+    return [
+        m if q.get("ignore_mask") is None else m & ~q["ignore_mask"].to(m.device)
+        for m, q in zip(masks, queries, strict=True)
+    ]
+
+
+class TaskExtraMetrics(nn.Module):
+    """Group metrics (for a dataset's `query_groups`) and selector token F1 of one evaluation task.
+
+    Every update reaches every metric (empty groups and zero counts included), so every metric has been
+    updated when all ranks compute it.
+    """
+
+    def __init__(self, dataset) -> None:
+        super().__init__()
+        self.field, values = getattr(dataset, "query_groups", None) or ("", ())
+        self.groups = nn.ModuleDict({value: ResMetrics() for value in values})
+        self.selector = TokenF1()
+
+    def reset(self) -> None:
+        for metric in (*self.groups.values(), self.selector):
+            metric.reset()
+
+    def update(
+        self,
+        pred: list[torch.Tensor],
+        target: list[torch.Tensor],
+        queries: list[dict],
+        selector_counts: torch.Tensor | None,
+    ) -> None:
+        """P bool masks and targets `(H, W)` (ignored pixels already off) with their queries, and the
+        selector's `(4,)` token counts of the batch or None."""
+        for value, metric in self.groups.items():
+            rows = [k for k, q in enumerate(queries) if q[self.field] == value]
+            metric.update([pred[k] for k in rows], [target[k] for k in rows])
+        counts = torch.zeros(4, dtype=torch.long) if selector_counts is None else selector_counts
+        self.selector.update(counts)
+
+    def compute(self) -> dict[str, float | int]:
+        """Group metrics, then the selector's when it scored any token (a collective under DDP)."""
+        out: dict[str, float | int] = {}
+        for value, metric in self.groups.items():
+            result = metric.compute()
+            out.update({f"cIoU_{value}": result["cIoU"], f"gIoU_{value}": result["gIoU"]})
+            out[f"n_{value}"] = result["n_queries"]
+        selection = self.selector.compute()
+        if selection["selector_tokens"]:
+            out.update(selection)
+        return out

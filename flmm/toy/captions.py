@@ -1,0 +1,136 @@
+"""Text about synthetic scenes for pretraining the toy LMM: descriptions, referring captions and QA pairs.
+
+Everything here is language: an object is named by its attributes and a coarse location word, or by one of
+the synthetic world's own referring expressions (`flmm.data.synthetic_text`), never by coordinates. Three
+formats, each a `(question, answer)` pair where the answer is what the LMM learns to predict:
+
+    description  "Please give me a description of the image." -> "a small red circle on the left , a ..."
+    referring    "Please give me a description of the image." -> "the circle above the blue star is a ..."
+    qa           "what colour is the circle on the left ?"     -> "red"
+
+Description and referring texts answer the grounding pipeline's own prompt, so the phrases the head later
+grounds sit in the position the LMM learned them in. Objects come in random order: a caption's first word
+does not tell which object comes next, so each phrase's tokens must find their object to go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from flmm.data.synthetic_scene import COLOURS, SHAPES, STUFF
+from flmm.data.synthetic_text import PLURALS, STYLES, Query, render, template_words, tokenize
+from flmm.lmm.text import DEFAULT_PROMPT_TEMPLATE
+
+FORMATS = ("description", "referring", "qa")
+DESCRIBE = "Please give me a description of the image."
+SIZE_NAMES = {"small": "small", "large": "large"}
+COUNT_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# Word kinds whose held-out prediction accuracy the pretraining reports.
+WORD_KINDS = {
+    "colour": frozenset(COLOURS),
+    "shape": frozenset(SHAPES),
+    "size": frozenset(SIZE_NAMES.values()),
+    "location": frozenset(("left", "right", "top", "bottom", "middle")),
+}
+
+
+@dataclass(frozen=True)
+class ObjectFacts:
+    """What the text may say about one object: attributes, its 3x3 location cell, its unique queries."""
+
+    shape: str
+    colour: str
+    size: str
+    where: str
+    queries: tuple[Query, ...]
+
+
+def where_words(cx: float, cy: float, width: int, height: int) -> str:
+    """The location phrase of a centre in a 3x3 partition of the image: "at the top left", "in the middle"."""
+    u, v = cx / width, cy / height
+    col = "left" if u < 1 / 3 else "right" if u > 2 / 3 else None
+    row = "top" if v < 1 / 3 else "bottom" if v > 2 / 3 else None
+    if row and col:
+        return f"at the {row} {col}"
+    if col:
+        return f"on the {col}"
+    return f"at the {row}" if row else "in the middle"
+
+
+def plural(shape: str) -> str:
+    return PLURALS.get(shape, shape + "s")
+
+
+def describe(o: ObjectFacts) -> str:
+    """ "a small red circle on the left"."""
+    size = SIZE_NAMES[o.size]
+    return f"a {size} {o.colour} {o.shape} {o.where}"
+
+
+def description(objects: list[ObjectFacts], rng: np.random.Generator) -> str:
+    """Every object described, in random order: "a ... , a ... and a ... ."."""
+    parts = [describe(objects[i]) for i in rng.permutation(len(objects))]
+    if len(parts) == 1:
+        return f"{parts[0]} ."
+    return f"{' , '.join(parts[:-1])} and {parts[-1]} ."
+
+
+def referring(objects: list[ObjectFacts], rng: np.random.Generator) -> str:
+    """Objects that have a unique expression, in random order, each as "<expression> is <description>"."""
+    sentences = []
+    for i in rng.permutation(len(objects)):
+        o = objects[i]
+        if o.queries:
+            q = o.queries[int(rng.integers(len(o.queries)))]
+            expression = tokenize(render(q, str(rng.choice(STYLES)), rng))
+            sentences.append(f"{' '.join(w for w in expression if w != '.')} is {describe(o)} .")
+    return " ".join(sentences) or description(objects, rng)
+
+
+def question(objects: list[ObjectFacts], rng: np.random.Generator) -> tuple[str, str]:
+    """One question about the scene and its one-or-two-word answer."""
+    referable = [o for o in objects if o.queries]
+    kind = int(rng.integers(5 if referable else 2))
+    if kind == 0:
+        shape = str(rng.choice(SHAPES))
+        n = sum(o.shape == shape for o in objects)
+        return f"how many {plural(shape)} are there ?", COUNT_WORDS[min(n, len(COUNT_WORDS) - 1)]
+    if kind == 1:
+        if rng.random() < 0.5:
+            o = objects[int(rng.integers(len(objects)))]
+            colour, shape = o.colour, o.shape
+        else:
+            colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+        present = any(o.colour == colour and o.shape == shape for o in objects)
+        return f"is there a {colour} {shape} ?", "yes" if present else "no"
+    o = referable[int(rng.integers(len(referable)))]
+    q = o.queries[int(rng.integers(len(o.queries)))]
+    expression = " ".join(w for w in tokenize(render(q, str(rng.choice(STYLES)), rng)) if w != ".")
+    if kind == 2:
+        return f"what colour is {expression} ?", o.colour
+    if kind == 3:
+        return f"is {expression} large or small ?", SIZE_NAMES[o.size]
+    return f"where is {expression} ?", o.where
+
+
+def render_sample(objects: list[ObjectFacts], fmt: str, rng: np.random.Generator) -> tuple[str, str]:
+    """`(prompt, answer)` of one format; the prompt holds the image token once, like the grounding prompt."""
+    if fmt == "description":
+        return DEFAULT_PROMPT_TEMPLATE, description(objects, rng)
+    if fmt == "referring":
+        return DEFAULT_PROMPT_TEMPLATE, referring(objects, rng)
+    if fmt == "qa":
+        q, a = question(objects, rng)
+        return DEFAULT_PROMPT_TEMPLATE.replace(DESCRIBE, q), a
+    raise ValueError(f"unknown caption format {fmt!r}; expected one of {FORMATS}")
+
+
+def corpus() -> list[str]:
+    """Texts whose words make the toy tokenizer's vocabulary: every word the synthetic world's expressions,
+    narratives, and the formats above can use (so nothing in the toy world tokenizes to <unk>)."""
+    words = [*template_words(), *COLOURS, *SHAPES, *(plural(s) for s in SHAPES), *STUFF, *COUNT_WORDS]
+    words += ["yes", "no", "what", "colour", "how", "many", "where", "or", "large", "is", ".", ",", "?"]
+    words += tokenize(DESCRIBE)
+    return [" ".join(words)]

@@ -1,0 +1,176 @@
+"""ReasonSeg: the on-disk format (a tiny fixture written here), masks as LISA draws them, the split name, and
+gIoU / cIoU overall and for short / long queries through tools/test.py's evaluation, ignore regions out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flmm.config import load_config
+from flmm.data.reasonseg import ReasonSegDataset, parse_reasonseg_json
+from flmm.data.splits import build_split_dataset, default_eval_splits, parse_split, split_exists
+from flmm.engine.evaluate import PhrasePredictions, evaluate, ground_truth_predictor
+from flmm.errors import DataError
+
+H, W = 48, 64
+
+
+def _rect(x0, y0, x1, y1) -> list[list[float]]:
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+# name: (texts, is_sentence, shapes as (label, points))
+IMAGES = {
+    "a": (["the red thing", "what is red here?"], False, [("target", _rect(10, 10, 30, 20))]),
+    "b": (
+        ["Find the object a person would sit on to rest after a long walk."],
+        True,
+        [("target", _rect(0, 0, 20, 40)), ("ignore", _rect(5, 5, 10, 10)), ("flag", _rect(0, 0, 63, 47))],
+    ),
+    "c": (
+        ["Which region could hold water if it rained?"],
+        True,
+        [
+            ("ignore", _rect(30, 10, 60, 40)),
+            ("target", _rect(40, 20, 50, 30)),
+            ("target", [[0, 47], [8, 40], [16, 47]]),
+        ],
+    ),
+}
+
+
+def write_reasonseg(root: Path, split: str = "val") -> Path:
+    """LISA's layout: DATA_ROOT/reason_seg/ReasonSeg/SPLIT/NAME.{json,jpg}, LabelMe fields included."""
+    folder = root / "reason_seg" / "ReasonSeg" / split
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, (texts, is_sentence, shapes) in IMAGES.items():
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(folder / f"{name}.jpg")
+        record = {
+            "version": "4.5.6",
+            "shapes": [
+                {"label": label, "points": pts, "shape_type": "polygon", "flags": {}} for label, pts in shapes
+            ],
+            "imagePath": f"{name}.jpg",
+            "imageHeight": H,
+            "imageWidth": W,
+            "text": texts,
+            "is_sentence": is_sentence,
+        }
+        (folder / f"{name}.json").write_text(json.dumps(record))
+    return root
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return write_reasonseg(tmp_path_factory.mktemp("reasonseg"))
+
+
+def test_protocols_make_one_sample_per_query_or_per_image(root):
+    assert len(ReasonSegDataset(root, "val", "all-sentences")) == 4
+    first = ReasonSegDataset(root, "val", "first-sentence-concat")
+    assert [first[i]["text"] for i in range(3)] == [IMAGES[n][0][0] for n in "abc"]
+    assert len(ReasonSegDataset(root, "val", "train")) == 3
+
+
+def test_masks_are_drawn_as_lisa_draws_them(root):
+    samples = {
+        s["image_id"]: s
+        for s in (ReasonSegDataset(root, "val", "first-sentence-concat")[i] for i in range(3))
+    }
+    a = samples["a"]
+    assert a["masks"].shape == (1, H, W) and a["masks"].dtype == torch.bool
+    assert int(a["masks"].sum()) == 21 * 11  # cv2 fills the polygon with its outline: both edges included
+    assert not a["queries"][0]["ignore_mask"].any()
+    b_target, b_ignore = samples["b"]["masks"][0], samples["b"]["queries"][0]["ignore_mask"]
+    assert int(b_ignore.sum()) == 6 * 6 and not (b_target & b_ignore).any()  # smaller ignore painted on top
+    assert int(b_target.sum()) == 21 * 41 - 36  # the "flag" shape is skipped
+    c_target, c_ignore = samples["c"]["masks"][0], samples["c"]["queries"][0]["ignore_mask"]
+    assert bool(c_target[25, 45]) and not bool(c_ignore[25, 45])  # the larger ignore lies under the target
+    assert bool(c_ignore[12, 32]) and bool(c_target[46, 8])
+
+
+def test_queries_say_short_or_long(root):
+    dataset = ReasonSegDataset(root, "val", "all-sentences")
+    queries = [dataset[i]["queries"][0] for i in range(len(dataset))]
+    assert [q["query_length"] for q in queries] == ["short", "short", "long", "long"]
+    assert [q["is_sentence"] for q in queries] == [False, False, True, True]
+    assert queries[1]["query_id"] == "reasonseg:val:a:q1" and queries[1]["expression"] == "what is red here?"
+
+
+def test_a_malformed_file_is_named_with_its_field(root, tmp_path):
+    bad = tmp_path / "reason_seg" / "ReasonSeg" / "val" / "x.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(
+        json.dumps({"shapes": [{"label": "target", "points": _rect(0, 0, 3, 3)}], "is_sentence": True})
+    )
+    with pytest.raises(DataError, match=r"x\.json: field 'text'"):
+        parse_reasonseg_json(bad)
+    with pytest.raises(DataError, match=r"x\.json"):
+        ReasonSegDataset(tmp_path, "val")
+
+
+def test_split_name_is_registered(root, tmp_path):
+    assert parse_split("reasonseg:val") == ("reasonseg", "val")
+    with pytest.raises(DataError, match="reasonseg has splits"):
+        parse_split("reasonseg:dev")
+    assert split_exists(root, "reasonseg:val") and not split_exists(tmp_path, "reasonseg:val")
+    assert default_eval_splits(root) == ["reasonseg:val"]
+
+
+def _evaluate(root: Path, out: Path, predictor) -> dict:
+    cfg = load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.num_workers=0",
+            "data.batch_size=2",
+            "train.accelerator=cpu",
+            "train.devices=1",
+            "train.precision=32",
+            "train.progress_bar=false",
+        ],
+    )
+    results = evaluate(None, cfg, ["reasonseg:val"], out_dir=out, predictor=predictor)
+    return results["splits"]["reasonseg:val"]
+
+
+def test_ground_truth_scores_100_and_ignore_regions_do_not_count(root, tmp_path):
+    def with_ignored(batch: dict) -> PhrasePredictions:
+        masks = [
+            q["ignore_mask"] | m.bool()
+            for qs, ms in zip(batch["queries"], batch["masks"])
+            for q, m in zip(qs, ms)
+        ]
+        return PhrasePredictions(masks)
+
+    for predictor in (ground_truth_predictor, with_ignored):
+        results = _evaluate(root, tmp_path / predictor.__name__, predictor)
+        assert list(results) == ["all-sentences", "first-sentence-concat"]
+        metrics = results["all-sentences"]
+        for key in ("cIoU", "gIoU", "cIoU_short", "gIoU_short", "cIoU_long", "gIoU_long"):
+            assert metrics[key] == 100.0, key
+        assert (metrics["n_queries"], metrics["n_short"], metrics["n_long"]) == (4, 2, 2)
+        assert results["first-sentence-concat"]["n_queries"] == 3
+
+
+def test_everything_predicted_scores_the_target_share_of_the_non_ignored_pixels(root, tmp_path):
+    def everything(batch: dict) -> PhrasePredictions:
+        return PhrasePredictions([torch.ones_like(m, dtype=torch.bool) for ms in batch["masks"] for m in ms])
+
+    metrics = _evaluate(root, tmp_path / "all", everything)["first-sentence-concat"]
+    dataset = build_split_dataset(
+        load_config(None, [f"data.root={root}"]).data, "reasonseg:val", "first-sentence-concat"
+    )
+    samples = [dataset[i] for i in range(len(dataset))]
+    targets = [int(s["masks"].sum()) for s in samples]
+    kept = [H * W - int(s["queries"][0]["ignore_mask"].sum()) for s in samples]
+    assert metrics["cIoU"] == pytest.approx(100 * sum(targets) / sum(kept))
+    assert metrics["gIoU_long"] == pytest.approx(
+        100 * np.mean([t / k for t, k in zip(targets[1:], kept[1:])]), abs=1e-6
+    )
