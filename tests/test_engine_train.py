@@ -153,7 +153,9 @@ def test_resume_continues_from_the_stored_step_and_optimizer_state(
     argv = [str(TOY_CONFIG), *toy_overrides(toy_world, output_dir, "train.epochs=2")]
     code = load_tool("train").main([*argv, "--resume", str(output_dir / "checkpoints" / "last.ckpt")])
     assert code == 0
-    assert [p.name for p in (output_dir / "checkpoints").iterdir()] == ["last.ckpt"]
+    # The newest epoch's checkpoint and last.ckpt, never a last-v1.ckpt beside an old one.
+    names = {p.name for p in (output_dir / "checkpoints").iterdir()}
+    assert {"epoch001.ckpt", "last.ckpt"} <= names and not any(n.startswith("last-") for n in names)
     checkpoint = load_checkpoint(output_dir / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 2 * TRAIN_STEPS
     # AdamW counts its own steps: 2 * TRAIN_STEPS only if the stored moments were restored, not reset.

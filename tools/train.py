@@ -45,8 +45,15 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
         raise ConfigError(f"train.strategy={train.strategy} is not supported; use ddp")
     # No version counter: `last.ckpt` is overwritten even when this run did not write it (a fresh run in an
     # old output_dir, a run folder moved before resuming), instead of a new `last-v1.ckpt` beside it.
+    # save_top_k=1 without a monitor keeps the newest epoch's checkpoint, and with it `last.ckpt` is written
+    # at every epoch end (save_top_k=0 would write it only when training ends: a crash would lose the run).
     checkpoints = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0, enable_version_counter=False
+        dirpath=output_dir / "checkpoints",
+        filename="epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
     )
     return pl.Trainer(
         default_root_dir=output_dir,
