@@ -60,3 +60,18 @@ def test_collate_stacks_pixels_and_keeps_per_image_sizes(real_format_root):
         assert image.dtype == torch.uint8 and image.shape[0] == 3
         assert masks.shape[1:] == image.shape[1:] == (meta["orig_h"], meta["orig_w"])
     assert len(batch["text"]) == len(batch["queries"]) == 2
+
+
+def test_only_narratives_carry_word_selection_labels(real_format_root):
+    cfg = load_config(None, [f"data.root={real_format_root}"]).data
+    transform = LlavaPadTransform(size=56)
+    res = [
+        build_split_dataset(cfg, "refcoco:train", protocol, transform)[0]
+        for protocol in ("train", "all-sentences", "first-sentence-concat")
+    ]
+    narrative = build_split_dataset(cfg, "png:val2017", "narrative", transform)[0]
+    assert [s["phrases_select_words"] for s in res] == [False, False, False]
+    assert narrative["phrases_select_words"] is True
+    batch = collate_grounding([res[0], narrative])
+    assert batch["phrases_select_words"].dtype == torch.bool
+    assert batch["phrases_select_words"].tolist() == [False, True]

@@ -16,7 +16,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from flmm.demo.answer import QUESTION_TEMPLATE
+from flmm.demo.answer import QUESTION_TEMPLATE, GenerationSettings
+from flmm.demo.phrases import answer_span, locate_phrases, marked_text
+from flmm.demo.pipeline import Demo, mask_box
 from tests.conftest import load_tool
 from tests.test_engine_train import TOY_CONFIG, ToyWorld, build_toy_world, toy_overrides
 from tests.test_reasonseg import write_reasonseg
@@ -39,8 +41,12 @@ def checkpoint(world: ToyWorld, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def image_path(world: ToyWorld) -> Path:
-    return sorted((world.data_root / "coco" / "train2017").glob("*.jpg"))[0]
+def image_path(world: ToyWorld, tmp_path_factory) -> Path:
+    """A 40 x 64 (H x W) crop of a world image: not square, so a swapped x / y or H / W shows."""
+    source = sorted((world.data_root / "coco" / "train2017").glob("*.jpg"))[0]
+    path = tmp_path_factory.mktemp("demo_image") / "wide.png"
+    Image.open(source).convert("RGB").crop((0, 8, 64, 48)).save(path)
+    return path
 
 
 def _demo(checkpoint: Path, image: Path, out: Path, *args: str) -> int:
@@ -63,18 +69,17 @@ def test_cli_prints_the_marked_answer_and_writes_overlay_and_result(checkpoint, 
     )
     assert result["text"] == result["answer"] and result["answer"]
     assert result["prompt"] == QUESTION_TEMPLATE.replace("{question}", QUESTION)
-    height, width = Image.open(image_path).size[::-1]
-    assert result["image_size"] == [height, width]
+    assert result["image_size"] == [40, 64]
+    height, width = 40, 64
     [phrase] = result["phrases"]  # the whole (trimmed) answer
     start, end = phrase["span"]
     assert result["answer"][start:end] == phrase["text"] and phrase["in_answer"]
     mask = mask_utils.decode({**phrase["mask"], "counts": phrase["mask"]["counts"].encode()})
     assert mask.shape == (height, width)
-    if mask.any():
-        ys, xs = np.nonzero(mask)
-        assert phrase["box"] == [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    assert phrase["box"] == mask_box(mask.astype(bool))
     assert result["marked"]["plain"] in printed
-    assert result["marked"]["glamm"] == f"<p>{phrase['text']}</p> [SEG]" + result["answer"][end:]
+    glamm = result["answer"][:start] + f"<p> {phrase['text']} </p> [SEG]" + result["answer"][end:]
+    assert result["marked"]["glamm"] == glamm
     overlay = Image.open(out / "overlay.png")
     assert overlay.width >= width and overlay.height > height  # enlarged, with a legend band below
 
@@ -98,6 +103,8 @@ def test_answer_is_the_lmms_own_generate_output(checkpoint, world, image_path, t
     torch.manual_seed(3)
     expected = _generate(world, image_path, 7, do_sample=True, temperature=1.3, top_p=0.8)
     assert _result(tmp_path / "s")["answer"] == expected
+    # The random toy LMM samples something other than its greedy answer: the sampling path really ran.
+    assert expected != _result(tmp_path / "g")["answer"]
 
 
 def test_user_phrases_in_kosmos_and_glamm_forms(checkpoint, image_path, tmp_path, capsys):
@@ -109,12 +116,69 @@ def test_user_phrases_in_kosmos_and_glamm_forms(checkpoint, image_path, tmp_path
     assert result["text"] == "red circle. the blue square"
     assert [p["text"] for p in result["phrases"]] == ["red circle", "the blue square"]
     boxes = [p["box"] for p in result["phrases"]]
+    assert all(0 <= b[0] < b[2] <= 64 and 0 <= b[1] < b[3] <= 40 for b in boxes if b is not None)
     expected = ". ".join(
         f"[{p['text']}]" + ("" if box is None else f"(<{','.join(map(str, box))}>)")
         for p, box in zip(result["phrases"], boxes)
     )
     assert printed == expected
-    assert result["marked"]["glamm"] == "<p>red circle</p> [SEG]. <p>the blue square</p> [SEG]"
+    assert result["marked"]["glamm"] == "<p> red circle </p> [SEG]. <p> the blue square </p> [SEG]"
+
+
+def test_mask_box_is_x0_y0_x1_y1_in_pixels():
+    mask = np.zeros((40, 64), dtype=bool)
+    mask[5:10, 20:30] = True
+    assert mask_box(mask) == [20, 5, 30, 10]
+    assert mask_box(np.zeros((40, 64), dtype=bool)) is None
+
+
+def test_text_forms_mark_each_phrase_with_its_index_and_box():
+    text = "a dog next to the red car."
+    spans, boxes = [(18, 25), (0, 5)], [[3, 4, 50, 30], None]  # listed out of text order
+    assert marked_text(text, spans, boxes, "plain") == "[a dog]#1 next to the [red car]#0."
+    assert marked_text(text, spans, boxes, "kosmos") == "[a dog] next to the [red car](<3,4,50,30>)."
+    assert marked_text(text, spans, boxes, "glamm") == (
+        "<p> a dog </p> [SEG] next to the <p> red car </p> [SEG]."
+    )
+    with pytest.raises(ValueError, match="text format"):
+        marked_text(text, spans, boxes, "html")
+
+
+def test_user_phrases_are_found_in_the_answer_whatever_their_case():
+    text = "İstanbul has a Red car and a red car."
+    spans = locate_phrases(text, ["red car", "RED CAR"])
+    assert [text[a:b] for a, b in spans] == ["Red car", "red car"] and spans[0] == (15, 22)
+    assert locate_phrases(text, ["red car", "blue car"]) is None
+
+
+def test_sam_embedding_once_per_image_and_one_prefill_per_question(checkpoint, image_path, monkeypatch):
+    demo = Demo.from_checkpoint(checkpoint, device="cpu")
+    calls = {"sam": 0, "lmm": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(demo.refiner, "encode_images", counted("sam", demo.refiner.encode_images))
+    monkeypatch.setattr(demo.adapter, "forward", counted("lmm", demo.adapter.forward))
+    image = np.array(Image.open(image_path).convert("RGB"))
+    settings = GenerationSettings(max_new_tokens=4)
+    first = demo.run(image, QUESTION, settings=settings, source="answer")
+    word = first.phrases[0].text.split()[0]
+    # The same (greedy) answer, with a phrase of it given in another case: grounded where it stands.
+    second = demo.run(image, QUESTION, [word.upper()], settings)
+    assert second.source == "phrases" and second.text == second.answer == first.answer
+    [phrase] = second.phrases
+    assert phrase.in_answer and second.answer[slice(*phrase.span)] == phrase.text
+    assert phrase.text.lower() == word.lower()
+    third = demo.run(image, None, ["red circle", "the blue square"], settings)
+    assert len(third.phrases) == 2 and not any(p.in_answer for p in third.phrases)
+    assert calls == {"sam": 1, "lmm": 3}  # one prefill per question, however many phrases
+    demo.run(image[::-1].copy(), None, ["red circle"], settings)
+    assert calls == {"sam": 2, "lmm": 4}
 
 
 def test_selector_chooses_from_the_answer_by_default(checkpoint, image_path, tmp_path):
@@ -124,14 +188,27 @@ def test_selector_chooses_from_the_answer_by_default(checkpoint, image_path, tmp
     for phrase in result["phrases"]:
         start, end = phrase["span"]
         assert result["answer"][start:end] == phrase["text"]
+    # A threshold every token passes selects one run, the whole answer; one no token passes, nothing.
+    every = ["--set", "model.selector.threshold=1e-6", "--max-new-tokens", "6", QUESTION]
+    assert _demo(checkpoint, image_path, tmp_path / "all", *every) == 0
+    everything = _result(tmp_path / "all")
+    assert everything["answer"] == result["answer"]
+    whole = [result["answer"][a:b] for a, b in answer_span(result["answer"])]
+    assert whole and [p["text"] for p in everything["phrases"]] == whole
+    none = ["--set", "model.selector.threshold=0.999999", "--max-new-tokens", "6", QUESTION]
+    assert _demo(checkpoint, image_path, tmp_path / "none", *none) == 0
+    assert _result(tmp_path / "none")["phrases"] == []
 
 
-def test_bad_input_is_one_clear_error(checkpoint, tmp_path, capsys):
+def test_bad_input_is_one_clear_error(checkpoint, image_path, tmp_path, capsys):
     not_an_image = tmp_path / "x.jpg"
     not_an_image.write_bytes(b"no image")
     assert _demo(checkpoint, not_an_image, tmp_path / "bad", QUESTION) == 2
-    err = capsys.readouterr().err
-    assert f"{not_an_image}: corrupt or truncated image" in err and "Traceback" not in err
+    assert f"{not_an_image}: corrupt or truncated image" in capsys.readouterr().err
+    occupied = tmp_path / "occupied"
+    occupied.write_text("a file where --out wants a folder")
+    assert _demo(checkpoint, image_path, occupied, "--phrases", "red circle") == 2
+    assert f"cannot write the outputs to --out {occupied}" in capsys.readouterr().err
 
 
 def test_test_py_reports_selector_token_f1_and_reasonseg(checkpoint, world, tmp_path):

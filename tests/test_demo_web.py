@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -21,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +207,26 @@ def test_browser_shows_the_message_of_a_bad_upload(browser, server_url, tmp_path
     assert "not an image" in browser.script("return document.getElementById('error').textContent")
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """The start of a PNG claiming `width x height` pixels: IHDR and an empty IDAT, no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"")
+
+
+def _raw_post(url: str, headers: str) -> tuple[int, str]:
+    """POST /ask with hand-written headers and no body; the status and the page."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(f"POST /ask HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
+        reply = b"".join(iter(lambda: connection.recv(65536), b"")).decode()
+    head, _, page = reply.partition("\r\n\r\n")
+    return int(head.split()[1]), page
+
+
 def test_bad_requests_get_a_message_and_the_server_keeps_serving(server_url, tmp_path):
     image = _png(tmp_path / "ok.png").read_bytes()
     cases = [
@@ -213,12 +235,19 @@ def test_bad_requests_get_a_message_and_the_server_keeps_serving(server_url, tmp
         (image, "x" * 201, 400, "longer than 200"),
         (b"", "what is it?", 400, "no image was uploaded"),
         (_png(tmp_path / "big.png", (300, 300)).read_bytes(), "what?", 400, "more than the limit of 40000"),
+        (_png_header(30_000, 30_000), "what?", 400, "more pixels than the limit of 40000"),  # PIL's bomb
         (np.random.default_rng(1).bytes(400_000), "what?", 413, "more than the limit of 300000"),
     ]
     for data, question, status, message in cases:
         code, page = _post(server_url, data, question)
         assert (code, message in page) == (status, True), message
         assert 'id="error"' in page
+    for headers, status, message in (
+        ("Content-Length: -5\r\n", 400, "is negative"),
+        ("Content-Type: multipart/form-data; boundary=x\r\n", 411, "no valid Content-Length"),
+    ):
+        code, page = _raw_post(server_url, headers)
+        assert (code, message in page) == (status, True), message
     code, page = _post(server_url, image, "", phrases="red circle; sky")
     assert code == 200 and 'id="overlay"' in page and "<mark" in page
     with urllib.request.urlopen(server_url + "/", timeout=30) as response:

@@ -115,6 +115,16 @@ def test_a_malformed_file_is_named_with_its_field(root, tmp_path):
         ReasonSegDataset(tmp_path, "val")
 
 
+def test_a_windows_1252_file_is_read_as_lisa_reads_it(tmp_path):
+    path = tmp_path / "w.json"
+    record = {"text": ["Where is the caf\u00e9\u2019s sign?"], "is_sentence": False}
+    record["shapes"] = [{"label": "target", "points": _rect(0, 0, 3, 3), "shape_type": "polygon"}]
+    path.write_bytes(json.dumps(record, ensure_ascii=False).encode("cp1252"))
+    with pytest.raises(UnicodeDecodeError):
+        path.read_text(encoding="utf-8")
+    assert parse_reasonseg_json(path).texts == ("Where is the caf\u00e9\u2019s sign?",)
+
+
 def test_split_name_is_registered(root, tmp_path):
     assert parse_split("reasonseg:val") == ("reasonseg", "val")
     with pytest.raises(DataError, match="reasonseg has splits"):

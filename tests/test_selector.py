@@ -3,31 +3,43 @@
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader
 
 from flmm.config import load_config
 from flmm.data.collate import collate_grounding
 from flmm.data.splits import build_split_dataset
 from flmm.demo.phrases import selected_spans
 from flmm.engine.build import build_image_transform, config_to_dict
+from flmm.engine.evaluate import evaluate
 from flmm.engine.module import GroundingModule
 from flmm.models.selector import KeywordSelector, TokenF1, token_counts
 from tests.test_engine_train import TOY_CONFIG, build_toy_world, toy_overrides
 
 SELECTOR = ["model.selector.type=KeywordSelector", "model.selector.width=16"]
+VAL_SPLITS = ["refcoco:val", "png:val2017"]
 
 
 @pytest.fixture(scope="module")
-def module_and_batch(tmp_path_factory):
-    """A GroundingModule with a selector on the toy models, and a batch of 4 PNG narratives."""
+def toy(tmp_path_factory):
+    """Its config, a GroundingModule with a selector on the toy models (validating a RES and a PNG split),
+    and the PNG narratives and RefCOCO training samples of its synthetic world."""
     root = tmp_path_factory.mktemp("selector")
     world = build_toy_world(root)
     cfg = load_config(TOY_CONFIG, toy_overrides(world, root / "run", *SELECTOR))
-    module = GroundingModule(config_to_dict(cfg), val_splits=[])
-    dataset = build_split_dataset(
-        cfg.data, "png:train2017", "narrative", build_image_transform(module.adapter)
-    )
-    return module, collate_grounding([dataset[i] for i in range(4)])
+    module = GroundingModule(config_to_dict(cfg), val_splits=VAL_SPLITS)
+    transform = build_image_transform(module.adapter)
+    png = build_split_dataset(cfg.data, "png:train2017", "narrative", transform)
+    res = build_split_dataset(cfg.data, "refcoco:train", "train", transform)
+    return cfg, module, png, res
+
+
+@pytest.fixture(scope="module")
+def module_and_batch(toy):
+    """The module and a batch of 4 PNG narratives."""
+    _, module, png, _ = toy
+    return module, collate_grounding([png[i] for i in range(4)])
 
 
 def test_adapter_returns_every_text_token_with_its_phrase(module_and_batch):
@@ -116,3 +128,76 @@ def test_selected_runs_become_trimmed_spans():
     offsets = [(0, 1), (2, 5), (6, 12), (12, 13), (14, 17), (18, 21), (22, 25), (25, 26)]
     selected = [False, True, True, True, False, False, True, True]
     assert selected_spans(text, selected, offsets) == [(2, 12), (22, 25)]
+
+
+def _selector_step(module: GroundingModule, batch: dict):
+    """The selector's loss on `batch`, its `(4,)` token counts, and its parameters' gradients."""
+    module.zero_grad()
+    grounded = module.ground(batch)
+    loss = module.selector.loss(grounded.selector_logits, grounded.selector_labels, grounded.selector_mask)
+    loss.backward()
+    counts = grounded.selector_counts(module.selector.select(grounded.selector_logits.detach()))
+    return loss.detach(), counts, [p.grad.clone() for p in module.selector.parameters()]
+
+
+def test_refcoco_texts_in_a_mixed_batch_teach_the_selector_nothing(toy):
+    _, module, png, res = toy
+    narrative, expressions, others = png[0], res[0], res[1]
+    assert expressions["text"] != others["text"]
+    alone_loss, alone_counts, _ = _selector_step(module, collate_grounding([narrative]))
+    loss, counts, grads = _selector_step(module, collate_grounding([narrative, expressions]))
+    other_loss, other_counts, other_grads = _selector_step(module, collate_grounding([narrative, others]))
+    # Only the narrative's tokens are counted, and the loss is its own, weighted 1/B with B = 2 texts.
+    assert counts.tolist() == other_counts.tolist() == alone_counts.tolist()
+    assert alone_counts[3] > 0
+    assert float(loss) == pytest.approx(float(alone_loss) / 2, rel=1e-5)
+    assert float(other_loss) == pytest.approx(float(loss), rel=1e-5)
+    for grad, other in zip(grads, other_grads, strict=True):
+        assert torch.allclose(grad, other, atol=1e-6)
+    assert any(bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_a_batch_of_refcoco_texts_has_no_selector_tokens(toy):
+    _, module, _, res = toy
+    loss, counts, grads = _selector_step(module, collate_grounding([res[0], res[1]]))
+    assert counts.tolist() == [0, 0, 0, 0]
+    assert float(loss) == 0.0 and all(bool((g == 0).all()) for g in grads)
+
+
+def test_selector_f1_is_reported_on_narrative_splits_only(toy, tmp_path):
+    cfg, module, _, _ = toy
+    results = evaluate(module.eval(), cfg, VAL_SPLITS, ("all-sentences",), tmp_path)
+    res = results["splits"]["refcoco:val"]["all-sentences"]
+    narrative = results["splits"]["png:val2017"]["narrative"]
+    assert not [k for k in res if k.startswith("selector_")]
+    assert narrative["selector_tokens"] > 0 and 0.0 <= narrative["selector_token_F1"] <= 100.0
+    report = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "png:val2017 (narrative): selector_token_F1" in report
+    assert "refcoco:val (all-sentences): selector" not in report
+
+
+def test_validation_logs_selector_f1_on_narrative_splits_only(toy):
+    cfg, module, _, _ = toy
+    transform = build_image_transform(module.adapter)
+    loaders = [
+        DataLoader(
+            build_split_dataset(
+                cfg.data, split, "narrative" if split.startswith("png") else "all-sentences", transform
+            ),
+            batch_size=2,
+            collate_fn=collate_grounding,
+        )
+        for split in VAL_SPLITS
+    ]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=2,
+    )
+    trainer.validate(module, dataloaders=loaders, verbose=False)
+    logged = set(trainer.callback_metrics)
+    assert "val/png:val2017/selector_token_F1" in logged
+    assert "val/refcoco:val/cIoU" in logged and "val/refcoco:val/selector_token_F1" not in logged

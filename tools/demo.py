@@ -91,24 +91,33 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = GenerationSettings(args.max_new_tokens, args.sample, args.temperature, args.top_p, args.seed)
     try:
-        demo = load_demo(args)
+        settings.generate_kwargs()  # bad decoding options fail now, not at the first question
         if args.web:
             from flmm.demo.web import make_server
 
-            server = make_server(demo, args.port, settings)
+            demo = load_demo(args)
+            try:
+                server = make_server(demo, args.port, settings)
+            except OSError as exc:
+                raise ValueError(f"cannot serve on 127.0.0.1:{args.port}: {exc}") from None
             print(f"serving on http://127.0.0.1:{server.server_port}/ (Ctrl-C stops)")
             try:
                 server.serve_forever()
             except KeyboardInterrupt:
                 server.server_close()
             return 0
+        # The image and the phrases first: a wrong path fails before minutes of model loading.
         image = load_rgb(args.image)
         phrases = parse_phrase_list(args.phrases) if args.phrases else None
-        result = demo.run(image, args.question, phrases, settings, args.source)
+        result = load_demo(args).run(image, args.question, phrases, settings, args.source)
     except (FlmmError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    overlay, data = write_outputs(result, image, args.out)
+    try:
+        overlay, data = write_outputs(result, image, args.out)
+    except OSError as exc:
+        print(f"error: cannot write the outputs to --out {args.out}: {exc}", file=sys.stderr)
+        return 2
     print(format_answer(result, args.format))
     print(f"overlay: {overlay}\nresult: {data}")
     return 0

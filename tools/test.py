@@ -10,6 +10,9 @@ trains nothing); `key=value` overrides change it (data.root=/datasets, data.batc
 train.devices=8). Splits default to data.test_splits, else every RES split, PNG val and ReasonSeg val
 found under data.root. RES and ReasonSeg splits are scored under both protocols by default (for ReasonSeg,
 `first-sentence-concat` is LISA's protocol: the first query of each image); PNG under `narrative`.
+A checkpoint with a keyword selector also reports its token F1 (`selector_token_F1`, precision, recall,
+`selector_tokens`) on narrative splits (PNG), whose phrases are a selection of the text's words; RES and
+ReasonSeg texts are their phrases alone, so their splits report no selector metric.
 A query is grounded as the phrase it is (teacher-forced after the description prompt); with
 --answer-first the LMM answers it first (asked for a short phrase) and its answer is grounded, as in
 tools/demo.py (ReasonSeg's question -> answer -> mask).

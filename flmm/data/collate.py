@@ -1,7 +1,8 @@
 """Collate grounding samples of different sizes and phrase counts into one batch.
 
-Tensors that share a shape across samples (the LMM's `pixel_values`) are stacked; everything that varies
-per image (original images, masks at original size, texts, phrase spans, queries) stays a list.
+Tensors that share a shape across samples (the LMM's `pixel_values`) are stacked, per-sample flags
+(`phrases_select_words`) become bool tensors; everything that varies per image (original images, masks at
+original size, texts, phrase spans, queries) stays a list.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import torch
 
 _LIST_KEYS = ("image", "image_id", "image_file", "text", "phrase_spans", "masks", "queries", "pad_meta")
+_FLAG_KEYS = ("phrases_select_words",)
 
 
 def collate_grounding(samples: list[dict | None]) -> dict | None:
     """Batch a list of samples, leaving out the None of broken evaluation samples (None if all are).
 
     Returns a dict with `pixel_values (B, ...)` stacked (and `image_sizes (B, 2)` when present), `images`
-    as B uint8 tensors `(3, H_i, W_i)`, `masks` as B bool tensors `(P_i, H_i, W_i)`, and lists for the rest.
+    as B uint8 tensors `(3, H_i, W_i)`, `masks` as B bool tensors `(P_i, H_i, W_i)`,
+    `phrases_select_words (B,)` bool when the samples carry it, and lists for the rest.
     """
     samples = [s for s in samples if s is not None]
     if not samples:
@@ -24,7 +27,9 @@ def collate_grounding(samples: list[dict | None]) -> dict | None:
     batch["images"] = [torch.from_numpy(s["image"]).permute(2, 0, 1).contiguous() for s in samples]
     del batch["image"]
     for key in samples[0]:
-        if key not in _LIST_KEYS:
+        if key in _FLAG_KEYS:
+            batch[key] = torch.tensor([bool(s[key]) for s in samples], dtype=torch.bool)
+        elif key not in _LIST_KEYS:
             batch[key] = _stack_padded([s[key] for s in samples])
     return batch
 

@@ -8,6 +8,10 @@ at the original resolution and the metadata of its query:
     masks        (P, H, W) bool
     queries      P dicts: dataset, split, protocol, query_id, image_id, image_file, expression, area,
                  bbox [x, y, w, h], first_sentence (RES) or plural/isthing (PNG)
+    phrases_select_words
+                 bool: True when the phrases are a selection of the text's words, so that which words lie
+                 inside a phrase is a label of the text (PNG narratives); False when the text is made of
+                 its phrases alone (RefCOCO expressions joined with ". ": every word is inside a phrase)
     + whatever the image transform adds (pixel_values, pad_meta, ...)
 
 Protocols (DESIGN.md §4): `train` groups all referred objects of an image in one sample with a fresh
@@ -194,6 +198,7 @@ class RefCocoDataset(GroundingDataset):
             "phrase_spans": spans,
             "masks": torch.from_numpy(np.stack(masks)),
             "queries": queries,
+            "phrases_select_words": False,
         }
 
 
@@ -250,4 +255,5 @@ class PngDataset(GroundingDataset):
             "phrase_spans": [p.span for p in narrative.phrases],
             "masks": torch.from_numpy(masks),
             "queries": queries,
+            "phrases_select_words": True,
         }

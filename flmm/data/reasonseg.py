@@ -54,7 +54,13 @@ class ReasonSegImage:
 def parse_reasonseg_json(path: Path) -> ReasonSegImage:
     """Read one annotation file; DataError naming the file and the field when it is malformed."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # Some released ReasonSeg files are Windows-1252; LISA's loader falls back the same way.
+            text = raw.decode("cp1252")
+        record = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not a readable JSON file ({exc})") from None
     if not isinstance(record, dict):
@@ -176,4 +182,7 @@ class ReasonSegDataset(GroundingDataset):
             "phrase_spans": [(0, len(text))],
             "masks": torch.from_numpy(target[None]),
             "queries": [query],
+            # The whole query is the one phrase, so every word would count as inside it; the words that
+            # name the target of a question or instruction are not marked.
+            "phrases_select_words": False,
         }

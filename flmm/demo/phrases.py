@@ -4,11 +4,13 @@ Sources of phrases: the whole (short) answer, reasoning-segmentation style; the 
 contiguous runs of selected tokens; or phrases the user gives, found in the answer. Text forms of a
 grounded answer: `plain` (`[phrase]#i`, i = the phrase's colour in the overlay legend), `kosmos`
 (Kosmos-2's markdown links `[phrase](<x0,y0,x1,y1>)`, box in original pixels, max edges exclusive) and
-`glamm` (GLaMM's `<p>phrase</p> [SEG]`).
+`glamm` (GLaMM's grounded-caption tags `<p> phrase </p> [SEG]`, spaces inside the tags as GLaMM writes
+them).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from flmm.lmm.text import Span
@@ -59,19 +61,18 @@ def parse_phrase_list(value: str) -> list[str]:
 def locate_phrases(text: str, phrases: Sequence[str]) -> list[Span] | None:
     """Spans of `phrases` in `text` (case-insensitive, first free occurrence, no overlap), or None when
     one of them is not in the text."""
-    lowered, taken, spans = text.lower(), [], []
+    spans: list[Span] = []
     for phrase in phrases:
-        needle, start = phrase.lower(), 0
+        # Matched in `text` itself: str.lower() can change a string's length ("İ"), and so its offsets.
+        pattern, start = re.compile(re.escape(phrase), re.IGNORECASE), 0
         while True:
-            start = lowered.find(needle, start)
-            if start < 0:
+            match = pattern.search(text, start)
+            if match is None:
                 return None
-            end = start + len(needle)
-            if all(end <= a or start >= b for a, b in taken):
+            if all(match.end() <= a or match.start() >= b for a, b in spans):
                 break
-            start += 1
-        taken.append((start, end))
-        spans.append((start, end))
+            start = match.start() + 1
+        spans.append(match.span())
     return spans
 
 
@@ -88,7 +89,7 @@ def marked_text(text: str, spans: Sequence[Span], boxes: Sequence[Sequence[int] 
         elif style == "kosmos":
             mark = f"[{phrase}]" if box is None else f"[{phrase}](<{','.join(str(int(v)) for v in box)}>)"
         else:
-            mark = f"<p>{phrase}</p> [SEG]"
+            mark = f"<p> {phrase} </p> [SEG]"
         pieces += [text[cursor:start], mark]
         cursor = end
     return "".join([*pieces, text[cursor:]])

@@ -170,7 +170,10 @@ class Demo:
         if source not in SOURCES:
             raise ValueError(f"phrase source must be one of {SOURCES}, got {source!r}")
         if source == "selector" and self.selector is None:
-            raise ValueError("this model has no keyword selector (model.selector was null in training)")
+            raise ValueError(
+                "phrase source 'selector' needs a checkpoint trained with a keyword selector "
+                f"(model.selector); this {self.mode} model has none: use --source answer or --phrases"
+            )
         if question is None and not phrases:
             raise ValueError("give a question, phrases to ground, or both")
         prepared = self.prepare(image)

@@ -94,7 +94,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                     f"the image has {width}x{height} pixels, more than the limit of {max_pixels}"
                 )
             return np.array(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+    except Image.DecompressionBombError:  # PIL's own limit, met before the header check above can run
+        raise BadRequest(f"the image has more pixels than the limit of {max_pixels}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise BadRequest("the upload is not an image that can be read (PNG, JPEG, ...)") from None
 
 
@@ -155,7 +157,12 @@ def make_server(
         def _answer(self) -> str:
             if self.path != "/ask":
                 raise BadRequest("not found", 404)
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or "")
+            except ValueError:
+                raise BadRequest("the request has no valid Content-Length header", 411) from None
+            if length < 0:
+                raise BadRequest(f"the Content-Length {length} is negative")
             if length > limits.max_upload_bytes:
                 self._discard(length)
                 raise BadRequest(

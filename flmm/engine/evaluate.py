@@ -7,7 +7,7 @@ Any `predictor` (batch -> per-phrase masks at the original size) goes through th
 masks fed as predictions must score 100 everywhere: that is how the evaluation itself is tested; the
 training-free attend-and-segment predictor (`flmm.engine.attend`) is scored this way beside the trained head.
 Ignore regions, per-group metrics (ReasonSeg's short / long queries) and a keyword selector's token F1
-come from `flmm.engine.task_metrics`.
+(on narrative splits only, whose texts carry word-selection labels) come from `flmm.engine.task_metrics`.
 
 Exactness under DDP: every loader shards with `ShardSampler` (no padding, no repeated sample), metric states
 are integer sums reduced once at the end, and the per-query records (IoU, prediction RLE) are gathered to
@@ -57,8 +57,9 @@ class PhrasePredictions:
 
     refined: P maps `(H_i, W_i)`, float logits (thresholded with `binarize`) or bool masks.
     coarse: the same for the coarse masks of the U-Net alone, or None to score `refined` twice.
-    selector_counts: `(4,)` long token counts of a keyword selector on the batch's texts (true positives,
-        false positives, false negatives, tokens; `flmm.models.selector.token_counts`), or None.
+    selector_counts: `(4,)` long token counts of a keyword selector on the batch's texts that carry
+        word-selection labels (true positives, false positives, false negatives, tokens;
+        `flmm.models.selector.token_counts`; all 0 for RES texts), or None.
     """
 
     refined: list[torch.Tensor]

@@ -47,7 +47,9 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 class Grounded:
     """One batch through the model: its output, `(P,)` image index of each phrase, and, with a selector,
     its text-token logits `(B, T)`, labels `(B, T)` bool (token inside a grounded phrase) and mask
-    `(B, T)` bool (real text tokens)."""
+    `(B, T)` bool: the real text tokens of the texts whose phrases are a selection of their words (the
+    batch's `phrases_select_words`; all False for RefCOCO-style texts, where every word is a phrase word and
+    the labels say nothing about which words to select)."""
 
     out: GroundingOutput
     image_index: torch.Tensor
@@ -108,7 +110,16 @@ class GroundingModule(pl.LightningModule):
         return grounded.out, grounded.image_index
 
     def ground(self, batch: dict) -> Grounded:
-        """`forward`, plus the keyword selector's logits and labels on the text tokens when there is one."""
+        """`forward`, plus the keyword selector's logits and labels on the text tokens when there is one.
+
+        With a selector the batch must carry `phrases_select_words (B,)` bool (`flmm.data.collate`): only
+        the tokens of those texts are scored by the selector's loss and F1.
+        """
+        if self.selector is not None and "phrases_select_words" not in batch:
+            raise FlmmError(
+                "a batch for a model with a keyword selector (model.selector) needs 'phrases_select_words', "
+                "(B,) bool: whether each text's phrases are a selection of its words (see flmm.data.datasets)"
+            )
         image_sizes = batch.get("image_sizes")
         encoded = self.adapter.encode_text(
             batch["text"], batch["phrase_spans"], batch["pixel_values"], image_sizes
@@ -132,12 +143,13 @@ class GroundingModule(pl.LightningModule):
         )
         if self.selector is None:
             return Grounded(out, image_index)
+        labelled = batch["phrases_select_words"].to(self.device)
         return Grounded(
             out,
             image_index,
             self.selector(lmm_out.text_hidden.to(self.device)),
             lmm_out.text_phrase_ids.to(self.device) >= 0,
-            lmm_out.text_token_mask.to(self.device),
+            lmm_out.text_token_mask.to(self.device) & labelled[:, None],
         )
 
     @staticmethod
@@ -149,7 +161,8 @@ class GroundingModule(pl.LightningModule):
         grounded = self.ground(batch)
         losses = self.image_averaged_losses(grounded.out, grounded.image_index, self.phrase_targets(batch))
         if self.selector is not None:
-            # One text per image, so the per-text average is also a per-image one (same under DDP).
+            # One text per image, so the per-text average is also a per-image one (same under DDP); texts
+            # without word-selection labels add 0 (a batch of RefCOCO texts only has a selector loss of 0).
             losses["loss_selector"] = self.selector.loss(
                 grounded.selector_logits, grounded.selector_labels, grounded.selector_mask
             )
@@ -211,9 +224,13 @@ class GroundingModule(pl.LightningModule):
             for key in ("cIoU", "gIoU", "P@0.5", "n_queries"):
                 self.log(f"val/{split}/{key}", float(results[key]), sync_dist=True)
             self.log(f"val/{split}/coarse_cIoU", float(coarse_results["cIoU"]), sync_dist=True)
-            if self.selector is not None:
-                f1 = selector.compute()["selector_token_F1"]
-                self.log(f"val/{split}/selector_token_F1", float(f1), sync_dist=True)
+            # F1 only where tokens carry word-selection labels (PNG narratives); a RES split has none. The
+            # counts are reduced over ranks, so every rank takes the same branch.
+            selection = selector.compute() if self.selector is not None else None
+            if selection is not None and selection["selector_tokens"]:
+                self.log(
+                    f"val/{split}/selector_token_F1", float(selection["selector_token_F1"]), sync_dist=True
+                )
             metric.reset()
             coarse.reset()
             selector.reset()

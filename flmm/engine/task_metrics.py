@@ -5,8 +5,10 @@ A dataset may declare `query_groups = (field, values)`: each query's `field` nam
 reports `cIoU_<value>`, `gIoU_<value>` and `n_<value>` per group (ReasonSeg: short and long queries). A query
 may carry `ignore_mask`, `(H, W)` bool: those pixels count neither in the intersection nor in the union
 (ReasonSeg's "ignore" regions, as LISA scores them). A predictor with a keyword selector reports token
-counts; the task then reports `selector_token_F1`, `selector_precision`, `selector_recall` and
-`selector_tokens`.
+counts over the texts that carry word-selection labels (`phrases_select_words`); the task then reports
+`selector_token_F1`, `selector_precision`, `selector_recall` and `selector_tokens` when it counted any
+token. That is on narrative splits (PNG); RES and ReasonSeg texts are their phrases alone, so those splits
+report no selector metric (the keys are absent, not 0 or NaN).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class TaskExtraMetrics(nn.Module):
         self.selector.update(counts)
 
     def compute(self) -> dict[str, float | int]:
-        """Group metrics, then the selector's when it scored any token (a collective under DDP)."""
+        """Group metrics, then the selector's when it scored any labelled token (a collective under DDP)."""
         out: dict[str, float | int] = {}
         for value, metric in self.groups.items():
             result = metric.compute()

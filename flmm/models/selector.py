@@ -2,10 +2,13 @@
 
 A small scorer over the frozen LMM's hidden states of every text token: the L decoder layers are mixed with
 learnable softmax weights (as the refiner's language cue is), layer-normalised, and an MLP gives one logit
-per token. It trains jointly with the mask head on the grounded texts of the training data: tokens inside
-a grounded phrase are positives, the other tokens of the text negatives (binary cross-entropy, averaged per
-text, then over the texts). At demo time, contiguous runs of positive tokens of the LMM's answer become the
-phrases to ground. `TokenF1` scores it on held-out texts.
+per token. It trains jointly with the mask head on the grounded texts of the training data whose phrases are
+a selection of their words (PNG narratives): tokens inside a grounded phrase are positives, the other tokens
+of the text negatives (binary cross-entropy, averaged per text, then over the texts). A RefCOCO text is
+made of its expressions alone, so every token would be a positive: the caller leaves such texts out of the
+token mask, and they teach the selector nothing. At demo time, contiguous runs of positive tokens of the
+LMM's answer become the phrases to ground. `TokenF1` scores it on held-out texts with labels, i.e. on
+narrative splits (PNG); a RES split has no labelled token and reports no F1.
 """
 
 from __future__ import annotations
@@ -60,15 +63,17 @@ class KeywordSelector(nn.Module):
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy, averaged over each text's tokens, then over the texts with a token.
+        """Binary cross-entropy, averaged over each text's masked tokens, summed over the texts, divided by B.
 
-        logits: `(B, T)`; labels: `(B, T)` bool (token inside a grounded phrase); mask: `(B, T)` bool.
-        Every text weighs the same whatever its length, like the mask losses weigh every image the same.
+        logits: `(B, T)`; labels: `(B, T)` bool (token inside a grounded phrase); mask: `(B, T)` bool, the
+        tokens that carry labels. Every text weighs 1/B whatever its length, like the mask losses weigh
+        every image the same; a text without a masked token adds 0 (and still weighs in B), so a text's
+        weight does not depend on how many labelled texts share its batch, and a batch split over DDP ranks
+        gives the same gradient as in one process.
         """
         per_token = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
-        counts = mask.sum(dim=1)
-        per_text = (per_token * mask).sum(dim=1) / counts.clamp(min=1)
-        return per_text[counts > 0].mean() if bool((counts > 0).any()) else logits.sum() * 0.0
+        per_text = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return per_text.sum() / logits.shape[0]
 
 
 def token_counts(selected: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -84,7 +89,8 @@ class TokenF1(Metric):
     """Token-level precision, recall and F1 of a keyword selector, from summed counts (exact under DDP).
 
     `compute()` returns `selector_token_F1`, `selector_precision`, `selector_recall` in percent (NaN when
-    undefined) and `selector_tokens`, the number of text tokens scored (0: nothing was scored).
+    undefined) and `selector_tokens`, the number of labelled text tokens scored. It is 0 on a split whose
+    texts carry no word-selection labels (RES); callers then report no selector metric at all.
     """
 
     is_differentiable = False
