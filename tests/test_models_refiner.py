@@ -64,7 +64,7 @@ def test_tiny_sam_embeds_each_image_once():
     refiner = make_refiner()
     images, *_ = make_batch()
     embeddings = refiner.encode_images(images)
-    assert embeddings.shape == (3, 32, 8, 8)
+    assert embeddings.shape == (3, 32, 16, 16)
     assert not embeddings.requires_grad
 
 
@@ -114,10 +114,10 @@ def test_decode_masks_equals_sams_decoder_run_per_prompt():
     refiner = make_refiner()
     decoder, pe = refiner.sam.mask_decoder, refiner.sam.prompt_encoder.get_dense_pe()
     generator = torch.Generator().manual_seed(2)
-    embeddings = torch.randn(2, 32, 8, 8, generator=generator)
+    embeddings = torch.randn(2, 32, 16, 16, generator=generator)
     image_index = torch.tensor([1, 0, 1, 1])
     sparse = torch.randn(4, 5, 32, generator=generator)
-    dense = torch.randn(4, 32, 8, 8, generator=generator)
+    dense = torch.randn(4, 32, 16, 16, generator=generator)
     with torch.no_grad():
         masks, iou = decode_masks(decoder, embeddings[image_index], pe, sparse, dense)
         for p, b in enumerate(image_index.tolist()):
@@ -155,7 +155,7 @@ def test_refined_masks_have_each_images_original_size():
     images, coarse, image_index, hidden, hidden_mask = make_batch(phrases_per_image=(1, 3, 2))
     out = refiner(images, coarse, image_index, hidden, hidden_mask)
     assert [tuple(m.shape) for m in out.masks] == [(50, 80), (64, 64), (64, 64), (64, 64), (90, 40), (90, 40)]
-    assert out.low_res_logits.shape == (6, 32, 32)
+    assert out.low_res_logits.shape == (6, 64, 64)
     assert out.iou_predictions.shape == (6,)
 
 
@@ -192,11 +192,11 @@ def test_box_prompt_is_found_at_the_original_size_and_scaled_to_sams_frame():
 def test_mask_prompt_fills_the_content_extent_and_pads_with_min_of_minus_one_and_the_logits():
     refiner = make_refiner()
     prompt = refiner.mask_prompt(torch.full((10, 16), 2.0), refiner.input_size(50, 80))
-    assert prompt.shape == (32, 32)
-    assert torch.all(prompt[:20] == 2.0) and torch.all(prompt[20:] == -1.0)
+    assert prompt.shape == (64, 64)
+    assert torch.all(prompt[:40] == 2.0) and torch.all(prompt[40:] == -1.0)
     logits = torch.full((10, 16), 2.0)
     logits[0, 0] = -5.0
-    assert refiner.mask_prompt(logits, (80, 128))[25, 0] == -5.0
+    assert refiner.mask_prompt(logits, (80, 128))[50, 0] == -5.0
 
 
 def test_missing_checkpoint_says_what_to_download_and_where():

@@ -40,6 +40,7 @@ TINY = [
     "batch_size=8",
     "lr=3e-3",
     "warmup_steps=5",
+    "formats.referring=0",
 ]
 STEPS = 40
 SAM_TINY = ["scenes=8", "eval_scenes=4", "batch_size=4", "world.size=64"]

@@ -1,7 +1,8 @@
 """Grounding probe of a frozen LLaVA-style LMM: how often a phrase's attention peak falls on its object.
 
-    python tools/probe_grounding.py --lmm DIR [--config configs/flmm_toy.yaml] [--split refcoco:val]
-        [--capture hooked|eager] [--batch-size 16] [--out results.json] [key=value ...]
+    python tools/probe_grounding.py --lmm DIR [--config configs/flmm_toy.yaml]
+        [--split refcoco:val[,refcoco:testA,...]] [--capture hooked|eager] [--batch-size 16]
+        [--out results.json] [key=value ...]
 
 The data (and the synthetic world, generated on first use) come from the config's data section; the LMM
 goes through the config's adapter (`LlavaAdapter` for the toy models), exactly as in training. Prints the
@@ -19,6 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from torch.utils.data import ConcatDataset
+
 from flmm.config import load_config
 from flmm.data.splits import build_split_dataset
 from flmm.data.synthetic_setup import ensure_synthetic_world
@@ -32,9 +35,11 @@ def probe(args: argparse.Namespace) -> dict:
     overrides = [*args.overrides, f"model.lmm.model={args.lmm}", f"model.lmm.capture={args.capture}"]
     cfg = load_config(args.config, overrides)
     ensure_synthetic_world(cfg.data)
-    preflight(cfg, [args.split])
+    splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    preflight(cfg, splits)
     adapter = build_adapter(cfg)
-    dataset = build_split_dataset(cfg.data, args.split, "all-sentences", build_image_transform(adapter))
+    transform = build_image_transform(adapter)
+    dataset = ConcatDataset([build_split_dataset(cfg.data, s, "all-sentences", transform) for s in splits])
     return probe_grounding(adapter, dataset, args.batch_size, progress=not args.quiet)
 
 
@@ -44,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--lmm", required=True, help="LMM checkpoint folder (or hub id)")
     parser.add_argument("--config", default="configs/flmm_toy.yaml", help="config giving data and adapter")
-    parser.add_argument("--split", default="refcoco:val", help="RefCOCO-format split, DATASET:SPLIT")
+    parser.add_argument(
+        "--split", default="refcoco:val", help="RefCOCO-format split(s), DATASET:SPLIT[,DATASET:SPLIT...]"
+    )
     parser.add_argument("--capture", choices=["hooked", "eager"], default="hooked")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")

@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if results is not None:
         print(format_results_table(results["splits"]))
-        print(f"results in {out}")
+        print(f"results in {out} (results.md, results.json)")
+        if args.overlays > 0:
+            print(f"overlays of the best and worst queries in {out / 'overlays'}")
     return 0
 
 

@@ -30,8 +30,9 @@ SAM_MODEL_TYPES = (*SAM_CHECKPOINT_FILES, "tiny")
 
 
 def build_tiny_sam() -> Sam:
-    """A SAM of the real architecture at toy sizes (input 128 px, 8x8 embedding of width 32) for tests."""
-    img_size, patch_size, prompt_dim = 128, 16, 32
+    """A SAM of the real architecture at toy sizes (input 128 px, 16x16 embedding of width 32, so 64x64
+    low-resolution masks) for tests and the embedded default."""
+    img_size, patch_size, prompt_dim = 128, 8, 32
     embedding_size = img_size // patch_size
     return Sam(
         image_encoder=ImageEncoderViT(

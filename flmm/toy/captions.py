@@ -5,7 +5,7 @@ the synthetic world's own referring expressions (`flmm.data.synthetic_text`), ne
 formats, each a `(question, answer)` pair where the answer is what the LMM learns to predict:
 
     description  "Please give me a description of the image." -> "a small red circle on the left , a ..."
-    referring    "Please give me a description of the image." -> "the circle above the blue star is a ..."
+    referring    "Please give me a description of the image." -> "the circle above the blue star small ..."
     qa           "what colour is the circle on the left ?"     -> "red"
 
 Description and referring texts answer the grounding pipeline's own prompt, so the phrases the head later
@@ -63,29 +63,41 @@ def plural(shape: str) -> str:
     return PLURALS.get(shape, shape + "s")
 
 
-def describe(o: ObjectFacts) -> str:
-    """ "a small red circle on the left"."""
-    size = SIZE_NAMES[o.size]
-    return f"a {size} {o.colour} {o.shape} {o.where}"
+def describe(o: ObjectFacts, rng: np.random.Generator, shuffle: float = 0.0) -> str:
+    """ "a small red circle on the left"; with probability `shuffle` the four parts come in random order
+    ("the circle on the left red small"), so that every word, not only the one that happens to settle
+    which object is meant, is followed by something only that object's pixels tell."""
+    parts = [SIZE_NAMES[o.size], o.colour, o.shape, o.where]
+    if rng.random() < shuffle:
+        parts = [parts[k] for k in rng.permutation(len(parts))]
+    return f"{'the' if rng.random() < 0.5 else 'a'} {' '.join(parts)}"
 
 
-def description(objects: list[ObjectFacts], rng: np.random.Generator) -> str:
-    """Every object described, in random order: "a ... , a ... and a ... ."."""
-    parts = [describe(objects[i]) for i in rng.permutation(len(objects))]
+def description(objects: list[ObjectFacts], rng: np.random.Generator, shuffle: float = 0.0) -> str:
+    """Every object described, in random order: "a ... , the ... and a ... ."."""
+    parts = [describe(objects[i], rng, shuffle) for i in rng.permutation(len(objects))]
     if len(parts) == 1:
         return f"{parts[0]} ."
     return f"{' , '.join(parts[:-1])} and {parts[-1]} ."
 
 
+def expression(o: ObjectFacts, rng: np.random.Generator) -> str:
+    """One of the object's unique referring expressions, in a random style, as lower-case words."""
+    q = o.queries[int(rng.integers(len(o.queries)))]
+    return " ".join(w for w in tokenize(render(q, str(rng.choice(STYLES)), rng)) if w != ".")
+
+
 def referring(objects: list[ObjectFacts], rng: np.random.Generator) -> str:
-    """Objects that have a unique expression, in random order, each as "<expression> is <description>"."""
+    """Objects that have a unique expression, in random order, each as the expression followed at once by
+    the object's four parts in random order ("the circle above the blue star small red circle at the top
+    left ."): the expression's last word already has to find its object."""
     sentences = []
     for i in rng.permutation(len(objects)):
         o = objects[i]
         if o.queries:
-            q = o.queries[int(rng.integers(len(o.queries)))]
-            expression = tokenize(render(q, str(rng.choice(STYLES)), rng))
-            sentences.append(f"{' '.join(w for w in expression if w != '.')} is {describe(o)} .")
+            said = expression(o, rng)
+            parts = [SIZE_NAMES[o.size], o.colour, o.shape, o.where]
+            sentences.append(f"{said} {' '.join(parts[k] for k in rng.permutation(4))} .")
     return " ".join(sentences) or description(objects, rng)
 
 
@@ -106,19 +118,21 @@ def question(objects: list[ObjectFacts], rng: np.random.Generator) -> tuple[str,
         present = any(o.colour == colour and o.shape == shape for o in objects)
         return f"is there a {colour} {shape} ?", "yes" if present else "no"
     o = referable[int(rng.integers(len(referable)))]
-    q = o.queries[int(rng.integers(len(o.queries)))]
-    expression = " ".join(w for w in tokenize(render(q, str(rng.choice(STYLES)), rng)) if w != ".")
+    said = expression(o, rng)
     if kind == 2:
-        return f"what colour is {expression} ?", o.colour
+        return f"what colour is {said} ?", o.colour
     if kind == 3:
-        return f"is {expression} large or small ?", SIZE_NAMES[o.size]
-    return f"where is {expression} ?", o.where
+        return f"is {said} large or small ?", SIZE_NAMES[o.size]
+    return f"where is {said} ?", o.where
 
 
-def render_sample(objects: list[ObjectFacts], fmt: str, rng: np.random.Generator) -> tuple[str, str]:
-    """`(prompt, answer)` of one format; the prompt holds the image token once, like the grounding prompt."""
+def render_sample(
+    objects: list[ObjectFacts], fmt: str, rng: np.random.Generator, shuffle: float = 0.0
+) -> tuple[str, str]:
+    """`(prompt, answer)` of one format; the prompt holds the image token once, like the grounding prompt.
+    `shuffle`: the description format's chance of random word order per object (see `describe`)."""
     if fmt == "description":
-        return DEFAULT_PROMPT_TEMPLATE, description(objects, rng)
+        return DEFAULT_PROMPT_TEMPLATE, description(objects, rng, shuffle)
     if fmt == "referring":
         return DEFAULT_PROMPT_TEMPLATE, referring(objects, rng)
     if fmt == "qa":

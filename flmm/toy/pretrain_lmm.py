@@ -73,7 +73,7 @@ def draw_batch(
         if fmt
         else [names[k] for k in rng.choice(len(names), len(index), p=weights / weights.sum())]
     )
-    samples = [render_sample(pool.objects[i], f, rng) for i, f in zip(index, chosen)]
+    samples = [render_sample(pool.objects[i], f, rng, recipe.shuffle) for i, f in zip(index, chosen)]
     return pool.pixel_values[torch.from_numpy(index)].float(), samples
 
 

@@ -28,8 +28,9 @@ def _world() -> dict[str, Any]:
 class LmmRecipe:
     """Tiny LLaVA: sizes (merged over `flmm.lmm.tiny.TINY_LLAVA_DEFAULTS`) and next-token pretraining.
 
-    `formats` weighs the text formats of `flmm.toy.captions` (description / referring / qa); `steps: 0`
-    saves the random initial weights (the control).
+    `formats` weighs the text formats of `flmm.toy.captions` (description / referring / qa), `shuffle` is
+    the description format's chance of random word order per object; `steps: 0` saves the random initial
+    weights (the control).
     """
 
     seed: int = 0
@@ -44,6 +45,7 @@ class LmmRecipe:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     formats: dict[str, float] = field(default_factory=lambda: {"description": 1.0})
+    shuffle: float = 0.0
 
 
 @dataclass
