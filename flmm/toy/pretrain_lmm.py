@@ -11,7 +11,6 @@ no coordinates, only words.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -19,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from flmm.data.transforms import LlavaPadTransform
 from flmm.lmm.tiny import IMAGE_TOKEN, build_tiny_llava
 from flmm.toy.captions import FORMATS, WORD_KINDS, corpus, render_sample
+from flmm.toy.optimize import run_steps
 from flmm.toy.recipe import LmmRecipe, world_config
 from flmm.toy.world import LmmPool, lmm_pool
 
@@ -124,13 +123,6 @@ def evaluate(model, processor, pool: LmmPool, recipe: LmmRecipe, num_image_token
     return {"loss": losses, "accuracy": accuracy}
 
 
-def lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine to 0 at `steps`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
-
-
 def train(model, processor, pool: LmmPool, recipe: LmmRecipe, progress: bool) -> list[tuple[int, float]]:
     """`recipe.steps` AdamW steps (warm-up + cosine) on batches of `pool`; returns (step, loss) every 10."""
     vision = model.config.vision_config
@@ -138,25 +130,12 @@ def train(model, processor, pool: LmmPool, recipe: LmmRecipe, progress: bool) ->
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng([recipe.seed, 21])
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, recipe.steps, recipe.warmup_steps)
-    )
-    curve, running = [], None
-    bar = tqdm(range(recipe.steps), desc="pretraining toy LLaVA", disable=not progress)
-    for step in bar:
+
+    def step_loss() -> torch.Tensor:
         pixel_values, samples = draw_batch(pool, recipe, rng)
-        loss, _ = token_loss(model, pixel_values, encode_batch(processor, samples, num_image_tokens))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        optimizer.step()
-        schedule.step()
-        value = loss.item()
-        running = value if running is None else 0.95 * running + 0.05 * value
-        bar.set_postfix(loss=f"{running:.3f}")
-        if step % 10 == 0 or step == recipe.steps - 1:
-            curve.append((step, value))
+        return token_loss(model, pixel_values, encode_batch(processor, samples, num_image_tokens))[0]
+
+    curve = run_steps(model.parameters(), step_loss, recipe, "pretraining toy LLaVA", progress)
     model.eval()
     return curve
 

@@ -20,10 +20,9 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from flmm.models.sam_refiner import SamRefiner
-from flmm.toy.pretrain_lmm import lr_factor
+from flmm.toy.optimize import run_steps
 from flmm.toy.recipe import SamRecipe, world_config
 from flmm.toy.world import SamPool, sam_pool
 
@@ -233,22 +232,9 @@ def evaluate(sam, data: Prepared) -> dict:
 def train(sam, data: Prepared, recipe: SamRecipe, progress: bool) -> None:
     """`recipe.steps` AdamW steps (warm-up + cosine) of the promptable objective on `data`."""
     rng = np.random.default_rng([recipe.seed, 22])
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, recipe.steps, recipe.warmup_steps)
+    run_steps(
+        sam.parameters(), lambda: _step(sam, data, recipe, rng), recipe, "pretraining toy SAM", progress
     )
-    running = None
-    bar = tqdm(range(recipe.steps), desc="pretraining toy SAM", disable=not progress)
-    for _ in bar:
-        loss = _step(sam, data, recipe, rng)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), recipe.grad_clip)
-        optimizer.step()
-        schedule.step()
-        value = loss.item()
-        running = value if running is None else 0.95 * running + 0.05 * value
-        bar.set_postfix(loss=f"{running:.3f}")
 
 
 def pretrain_sam(
