@@ -59,3 +59,28 @@ def test_no_format_ever_writes_a_number_or_coordinate():
             prompt, answer = render_sample([RED_CIRCLE, BLUE_STAR], fmt, rng)
             assert not re.search(r"\d", answer), (fmt, answer)
             assert "<image>" in prompt
+
+
+def test_qa_answers_are_true_of_the_scene():
+    """Every question kind answers from the objects' facts: counts, presence, and the referred object's
+    colour, size and location (only the red circle has a unique expression here)."""
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(200):
+        prompt, answer = render_sample([RED_CIRCLE, BLUE_STAR], "qa", rng)
+        asked = prompt.split("<image>")[-1]
+        if m := re.search(r"how many (\w+) are there \?", asked):
+            kind, expected = "count", {"circles": "one", "stars": "one"}.get(m.group(1), "no")
+        elif m := re.search(r"is there a (\w+) (\w+) \?", asked):
+            present = m.groups() in {("red", "circle"), ("blue", "star")}
+            kind, expected = "presence", "yes" if present else "no"
+        elif "what colour is" in asked:
+            kind, expected = "colour", "red"
+        elif "large or small" in asked:
+            kind, expected = "size", "small"
+        else:
+            assert "where is" in asked, asked
+            kind, expected = "where", "on the left"
+        seen.add(kind)
+        assert answer == expected, (asked, answer)
+    assert seen == {"count", "presence", "colour", "size", "where"}
