@@ -4,6 +4,7 @@ are what their recipes make; the grounding probe runs."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from flmm.config import load_config
 from flmm.data.synthetic import SyntheticConfig, generate_world
 from flmm.engine.toy import ensure_toy_models, toy_lmm_recipe, toy_sam_recipe
+from flmm.errors import ConfigError
 from flmm.lmm.tiny import build_tiny_llava
 from flmm.toy.captions import corpus
 from flmm.toy.pretrain_lmm import REPORT_FILE
@@ -96,6 +98,30 @@ def test_shipped_toy_models_are_what_their_recipes_make(tmp_path: Path):
     assert _architecture(REPO_ROOT / lmm) == _architecture(fresh)
     shipped = [p for p in (REPO_ROOT / lmm.parent).rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in shipped) <= 10 * 2**20
+
+
+def test_shipped_toy_models_pass_the_recipe_check_without_rebuilding(tmp_path: Path):
+    files = [REPO_ROOT / "toy_models" / "tiny_llava" / REPORT_FILE, REPO_ROOT / "toy_models" / "tiny_sam.pth"]
+    before = [f.stat().st_mtime_ns for f in files]
+    ensure_toy_models(load_config(DEFAULT, ["train.progress_bar=false"]))
+    assert [f.stat().st_mtime_ns for f in files] == before
+
+
+@pytest.mark.parametrize(
+    ("override", "model", "differing"),
+    [
+        ("model.toy.seed=1", "tiny_llava", "seed"),
+        ("model.toy.lmm_sizes.text.num_attention_heads=4", "tiny_llava", "sizes"),
+        ("model.toy.sam_pretrain_steps=7", "tiny_sam.pth", "steps"),
+    ],
+)
+def test_a_toy_model_built_by_another_recipe_is_refused_and_kept(tmp_path, override, model, differing):
+    shutil.copytree(REPO_ROOT / "toy_models", tmp_path / "toy_models")
+    overrides = [f"model.lmm.model={tmp_path / 'toy_models' / 'tiny_llava'}", override]
+    overrides += [f"model.refiner.checkpoint={tmp_path / 'toy_models' / 'tiny_sam.pth'}"]
+    with pytest.raises(ConfigError, match=rf"{model} was built by another recipe.*differing: {differing}\b"):
+        ensure_toy_models(load_config(DEFAULT, overrides))
+    assert (tmp_path / "toy_models" / model).exists()
 
 
 @pytest.fixture(scope="module")
