@@ -100,10 +100,22 @@ def test_shipped_toy_models_are_what_their_recipes_make(tmp_path: Path):
     assert sum(p.stat().st_size for p in shipped) <= 10 * 2**20
 
 
-def test_shipped_toy_models_pass_the_recipe_check_without_rebuilding(tmp_path: Path):
-    files = [REPO_ROOT / "toy_models" / "tiny_llava" / REPORT_FILE, REPO_ROOT / "toy_models" / "tiny_sam.pth"]
+def _toy_paths(toy_models: Path) -> list[str]:
+    """Overrides pointing the default at the toy models under `toy_models`, recipes by absolute path."""
+    return [
+        f"model.lmm.model={toy_models / 'tiny_llava'}",
+        f"model.refiner.checkpoint={toy_models / 'tiny_sam.pth'}",
+        f"model.toy.lmm_recipe={REPO_ROOT / 'configs' / 'toy_lmm.yaml'}",
+        f"model.toy.sam_recipe={REPO_ROOT / 'configs' / 'toy_sam.yaml'}",
+        "train.progress_bar=false",
+    ]
+
+
+def test_shipped_toy_models_pass_the_recipe_check_without_rebuilding():
+    toy_models = REPO_ROOT / "toy_models"
+    files = [toy_models / "tiny_llava" / "model.safetensors", toy_models / "tiny_sam.pth"]
     before = [f.stat().st_mtime_ns for f in files]
-    ensure_toy_models(load_config(DEFAULT, ["train.progress_bar=false"]))
+    ensure_toy_models(load_config(DEFAULT, _toy_paths(toy_models)))
     assert [f.stat().st_mtime_ns for f in files] == before
 
 
@@ -116,12 +128,10 @@ def test_shipped_toy_models_pass_the_recipe_check_without_rebuilding(tmp_path: P
     ],
 )
 def test_a_toy_model_built_by_another_recipe_is_refused_and_kept(tmp_path, override, model, differing):
-    shutil.copytree(REPO_ROOT / "toy_models", tmp_path / "toy_models")
-    overrides = [f"model.lmm.model={tmp_path / 'toy_models' / 'tiny_llava'}", override]
-    overrides += [f"model.refiner.checkpoint={tmp_path / 'toy_models' / 'tiny_sam.pth'}"]
+    toy_models = shutil.copytree(REPO_ROOT / "toy_models", tmp_path / "toy_models")
     with pytest.raises(ConfigError, match=rf"{model} was built by another recipe.*differing: {differing}\b"):
-        ensure_toy_models(load_config(DEFAULT, overrides))
-    assert (tmp_path / "toy_models" / model).exists()
+        ensure_toy_models(load_config(DEFAULT, [*_toy_paths(toy_models), override]))
+    assert (toy_models / model).exists()
 
 
 @pytest.fixture(scope="module")
