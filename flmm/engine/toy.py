@@ -18,7 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from flmm.errors import ConfigError
-from flmm.toy.pretrain_lmm import REPORT_FILE
+from flmm.toy.pretrain_lmm import REPORT_FILE, pretrain_lmm
+from flmm.toy.pretrain_sam import pretrain_sam, report_path
 from flmm.toy.recipe import LmmRecipe, SamRecipe, load_recipe
 
 log = logging.getLogger("flmm.engine")
@@ -79,8 +80,6 @@ def ensure_toy_models(cfg: DictConfig) -> None:
     if (lmm_dir / "config.json").is_file():
         check_built_by(lmm_dir / REPORT_FILE, lmm_dir, recipe, str(toy.lmm_recipe))
     else:
-        from flmm.toy.pretrain_lmm import pretrain_lmm
-
         log.warning("building the toy LLaVA in %s (first use, %d pretraining steps)", lmm_dir, recipe.steps)
         pretrain_lmm(lmm_dir, recipe, progress=progress, log=log.warning)
     refiner = cfg.model.refiner
@@ -88,11 +87,8 @@ def ensure_toy_models(cfg: DictConfig) -> None:
         checkpoint = Path(str(refiner.checkpoint))
         recipe = toy_sam_recipe(toy)
         if checkpoint.is_file():
-            report = checkpoint.with_suffix(checkpoint.suffix + ".json")
-            check_built_by(report, checkpoint, recipe, str(toy.sam_recipe))
+            check_built_by(report_path(checkpoint), checkpoint, recipe, str(toy.sam_recipe))
         else:
-            from flmm.toy.pretrain_sam import pretrain_sam
-
             log.warning(
                 "building the toy SAM in %s (first use, %d pretraining steps)", checkpoint, recipe.steps
             )

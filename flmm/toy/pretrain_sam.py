@@ -29,6 +29,12 @@ from flmm.toy.world import SamPool, sam_pool
 PROMPT_KINDS = ("point", "points", "box")
 
 
+def report_path(out_file: str | Path) -> Path:
+    """Where `pretrain_sam` writes the report of the SAM it saved to `out_file`: `<out_file>.json`."""
+    out = Path(out_file)
+    return out.with_suffix(out.suffix + ".json")
+
+
 def decode_all(sam, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
     """SAM's `MaskDecoder.predict_masks` with one image embedding per prompt.
 
@@ -262,5 +268,5 @@ def pretrain_sam(
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(sam.state_dict(), out)
-    out.with_suffix(out.suffix + ".json").write_text(json.dumps(report, indent=1))
+    report_path(out).write_text(json.dumps(report, indent=1))
     return report
