@@ -67,7 +67,9 @@ class ModelConfig:
 
     # Defaults are minimal on purpose: a component dict from YAML is merged key by key into its default,
     # so a default key the YAML does not mention would silently survive a change of `type`.
-    lmm: dict[str, Any] = field(default_factory=lambda: {"type": "LlavaAdapter"})
+    # `{model: hub id or folder, capture: hooked, ...}`; `type` is optional (default: the family of the
+    # checkpoint's model class, `flmm.lmm.adapter_for`).
+    lmm: dict[str, Any] = field(default_factory=dict)
     mask_head: dict[str, Any] = field(default_factory=lambda: {"type": "UNetMaskHead"})
     # null: predict from the coarse masks alone.
     refiner: dict[str, Any] | None = None
@@ -97,7 +99,9 @@ class TrainConfig:
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 10
     overlay_samples: int = 4
+    # Progress bars when stdout is a terminal; otherwise (nohup, SLURM) a plain line every N steps (0: none).
     progress_bar: bool = True
+    progress_every_n_steps: int = 50
 
 
 @dataclass
@@ -129,25 +133,42 @@ def _explain(exc: OmegaConfBaseException, source: str, schema: DictConfig) -> Co
     return ConfigError(f"{source}: bad value for '{key}': {message}")
 
 
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return OmegaConf.load(path)
+    except Exception as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+
+
+def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """`path` and the files its `_base_` names (a path or a list, relative to it; mmengine's convention),
+    bases first, each without its `_base_` key: the order to merge them in."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: _base_ includes itself ({' -> '.join(map(str, seen))})")
+    loaded = _read_yaml(path)
+    bases = loaded.pop("_base_", None) if isinstance(loaded, DictConfig) else None
+    chain: list[tuple[Path, DictConfig]] = []
+    for base in [bases] if isinstance(bases, str) else list(bases or []):
+        chain += _with_bases(path.parent / str(base), (*seen, path.resolve()))
+    return [*chain, (path, loaded)]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Load `path` (YAML) over the schema's defaults and apply `key=value` overrides.
 
-    Raises ConfigError for a missing file, invalid YAML, an unknown key or a value of the wrong type.
+    A file may start from others (`_base_: other.yaml` or a list, relative to it), merged first. Raises
+    ConfigError for a missing file, invalid YAML, an unknown key or a value of the wrong type.
     """
     schema = OmegaConf.structured(FlmmConfig)
     cfg = schema
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        try:
-            cfg = OmegaConf.merge(schema, loaded)
-        except OmegaConfBaseException as exc:
-            raise _explain(exc, str(path), schema) from None
+        for source, loaded in _with_bases(Path(path)):
+            try:
+                cfg = OmegaConf.merge(cfg, loaded)
+            except OmegaConfBaseException as exc:
+                raise _explain(exc, str(source), schema) from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. data.root=/datasets")

@@ -46,3 +46,43 @@ def test_shipped_configs_load(tmp_path):
 
     for path in sorted((REPO_ROOT / "configs").glob("flmm_*.yaml")):
         assert load_config(path).data.root
+
+
+def test_a_config_starts_from_its_base_and_overrides_it(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 3\ndata:\n  batch_size: 4\n  root: /base\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ndata:\n  root: /child\n")
+    cfg = load_config(tmp_path / "child.yaml", ["data.batch_size=5"])
+    assert (cfg.seed, cfg.data.root, cfg.data.batch_size) == (3, "/child", 5)
+
+
+def test_a_typo_in_a_base_names_the_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("data:\n  roott: /x\n")
+    (tmp_path / "child.yaml").write_text("_base_: [base.yaml]\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: unknown key 'data\.roott'"):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_a_base_cycle_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize(
+    ("config", "model"),
+    [
+        ("flmm_llava7b.yaml", "llava-hf/llava-1.5-7b-hf"),
+        ("flmm_llava_next_7b.yaml", "llava-hf/llava-v1.6-vicuna-7b-hf"),
+        ("flmm_qwen2_vl_7b.yaml", "Qwen/Qwen2-VL-7B-Instruct"),
+        ("flmm_qwen2_5_vl_7b.yaml", "Qwen/Qwen2.5-VL-7B-Instruct"),
+    ],
+)
+def test_each_family_config_is_the_reference_recipe_with_its_lmm(config, model):
+    from tests.conftest import REPO_ROOT
+
+    cfg = load_config(REPO_ROOT / "configs" / config)
+    reference = load_config(REPO_ROOT / "configs" / "flmm_llava7b.yaml")
+    assert cfg.model.lmm.model == model and "type" not in cfg.model.lmm
+    assert cfg.train == reference.train and cfg.data == reference.data
+    assert cfg.model.refiner == reference.model.refiner and cfg.model.mask_head == reference.model.mask_head

@@ -8,7 +8,7 @@ import torch
 from flmm.config import load_config
 from flmm.data.collate import collate_grounding
 from flmm.data.splits import build_split_dataset
-from flmm.data.transforms import LlavaPadTransform
+from flmm.data.transforms import LlavaPadTransform, LMMInputs
 
 
 @pytest.fixture
@@ -51,11 +51,12 @@ def test_every_sentence_is_seen_over_epochs(train_set):
     assert seen == {sid for o in train_set.refer.objects for sid in o.sent_ids}
 
 
-def test_collate_stacks_pixels_and_keeps_per_image_sizes(real_format_root):
+def test_collate_keeps_each_images_lmm_inputs_and_original_sizes(real_format_root):
     cfg = load_config(None, [f"data.root={real_format_root}"]).data
-    dataset = build_split_dataset(cfg, "refcoco:train", "first-sentence-concat", LlavaPadTransform(size=56))
+    transform = LMMInputs(LlavaPadTransform(size=56))
+    dataset = build_split_dataset(cfg, "refcoco:train", "first-sentence-concat", transform)
     batch = collate_grounding([dataset[0], dataset[5]])
-    assert batch["pixel_values"].shape == (2, 3, 56, 56)
+    assert [tuple(image["pixel_values"].shape) for image in batch["lmm_image"]] == [(3, 56, 56)] * 2
     for image, masks, meta in zip(batch["images"], batch["masks"], batch["pad_meta"]):
         assert image.dtype == torch.uint8 and image.shape[0] == 3
         assert masks.shape[1:] == image.shape[1:] == (meta["orig_h"], meta["orig_w"])

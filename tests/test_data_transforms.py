@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from flmm.data.image_io import load_rgb
-from flmm.data.transforms import CLIP_MEAN, CLIP_STD, LlavaPadTransform, ProcessorTransform
+from flmm.data.transforms import CLIP_MEAN, CLIP_STD, LlavaPadTransform, LMMInputs, ProcessorTransform
 
 
 def _unnormalise(pixel_values: torch.Tensor) -> np.ndarray:
@@ -72,14 +72,25 @@ def test_processor_transform_returns_the_processor_tensors_without_batch_dim():
     assert (out["pad_meta"]["orig_h"], out["pad_meta"]["orig_w"]) == (12, 20)
 
 
-def test_any_res_images_of_different_shapes_collate_through_the_llava_next_processor(tmp_path):
-    from transformers import AutoProcessor
+def test_processor_transform_keeps_unbatched_outputs_whole():
+    class FakeNativeResolutionProcessor:  # Qwen2-VL: patches of the image, no batch dimension
+        def __call__(self, images, return_tensors):
+            return {"pixel_values": torch.zeros(24, 1176), "image_grid_thw": torch.tensor([[1, 4, 6]])}
 
+    transform = ProcessorTransform(FakeNativeResolutionProcessor(), batched_keys=())
+    out = LMMInputs(transform)(np.zeros((12, 20, 3), dtype=np.uint8))
+    assert out["lmm_image"]["pixel_values"].shape == (24, 1176)
+    assert out["lmm_image"]["image_grid_thw"].tolist() == [[1, 4, 6]]
+    assert set(out) == {"lmm_image", "pad_meta"}
+
+
+def test_any_res_images_of_different_shapes_batch_through_the_llava_next_adapter(tmp_path):
     from flmm.data.collate import collate_grounding
+    from flmm.lmm import LlavaNextAdapter
     from flmm.lmm.tiny import build_tiny_llava_next
 
-    processor = AutoProcessor.from_pretrained(build_tiny_llava_next(tmp_path / "next"))
-    transform = ProcessorTransform(processor.image_processor)
+    adapter = LlavaNextAdapter(build_tiny_llava_next(tmp_path / "next"))
+    transform = adapter.image_transform()
     samples = []
     for h, w in ((40, 70), (70, 40), (50, 50)):
         image = np.zeros((h, w, 3), dtype=np.uint8)
@@ -87,6 +98,7 @@ def test_any_res_images_of_different_shapes_collate_through_the_llava_next_proce
         sample.update(transform(sample["image"]))
         samples.append(sample)
     batch = collate_grounding(samples)
-    crops = [s["pixel_values"].shape[0] for s in samples]
-    assert batch["pixel_values"].shape[:2] == (3, max(crops))
-    assert batch["image_sizes"].tolist() == [[40, 70], [70, 40], [50, 50]]
+    inputs = adapter.vision_inputs(batch["lmm_image"])
+    crops = [s["lmm_image"]["pixel_values"].shape[0] for s in samples]
+    assert inputs["pixel_values"].shape[:2] == (3, max(crops))
+    assert inputs["image_sizes"].tolist() == [[40, 70], [70, 40], [50, 50]]

@@ -56,7 +56,7 @@ def test_peaks_are_in_original_pixels_and_skip_the_padding():
 
 def test_demo_attend_and_segment_runs_without_a_checkpoint(world, tmp_path):
     image = sorted((world.data_root / "coco" / "train2017").glob("*.jpg"))[0]
-    sets = [f"--set={o}" for o in toy_overrides(world, tmp_path / "unused")]
+    sets = toy_overrides(world, tmp_path / "unused")
     argv = ["--mode", "attend-and-segment", "--config", str(TOY_CONFIG), *sets, "--image", str(image)]
     out = tmp_path / "out"
     assert load_tool("demo").main([*argv, "--out", str(out), "--phrases", "red circle; blue square"]) == 0
@@ -88,10 +88,10 @@ def test_mean_of_token_rows_is_the_phrase_attention(world):
     text, spans = "the small red circle left of the tree", [(4, 20), (29, 37)]
     batch = adapter.encode([image], [text], [spans])
     per_phrase = adapter(**batch)
-    encoded = adapter.encode_text([text], [[]], batch["pixel_values"])
+    encoded = adapter.encode_text([text], [[]], batch["images"])
     assert torch.equal(encoded.input_ids, batch["input_ids"])
     token_ids = (encoded.text_mask.long().cumsum(1) - 1).masked_fill(~encoded.text_mask, -1)
-    per_token = adapter(encoded.input_ids, encoded.attention_mask, token_ids, batch["pixel_values"])
+    per_token = adapter(encoded.input_ids, encoded.attention_mask, token_ids, batch["images"])
     owner = batch["phrase_ids"][0][encoded.text_mask[0]]
     for p in range(len(spans)):
         mean = per_token.attention[owner == p].mean(dim=0)

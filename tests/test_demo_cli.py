@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
-from flmm.demo.answer import QUESTION_TEMPLATE, GenerationSettings
+from flmm.demo.answer import GenerationSettings
 from flmm.demo.phrases import answer_span, locate_phrases, marked_text
 from flmm.demo.pipeline import Demo, mask_box
+from flmm.lmm import LlavaAdapter
 from tests.conftest import load_tool
 from tests.test_engine_train import TOY_CONFIG, ToyWorld, build_toy_world, toy_overrides
 from tests.test_reasonseg import write_reasonseg
@@ -68,7 +69,7 @@ def test_cli_prints_the_marked_answer_and_writes_overlay_and_result(checkpoint, 
         result["question"] == QUESTION and result["mode"] == "trained-head" and result["source"] == "answer"
     )
     assert result["text"] == result["answer"] and result["answer"]
-    assert result["prompt"] == QUESTION_TEMPLATE.replace("{question}", QUESTION)
+    assert result["prompt"] == f"USER: <image>\n{QUESTION} ASSISTANT:"  # the toy's (LLaVA-1.5) format
     assert result["image_size"] == [40, 64]
     height, width = 40, 64
     [phrase] = result["phrases"]  # the whole (trimmed) answer
@@ -85,14 +86,16 @@ def test_cli_prints_the_marked_answer_and_writes_overlay_and_result(checkpoint, 
 
 
 def _generate(world: ToyWorld, image: Path, max_new_tokens: int, **kwargs) -> str:
-    processor = AutoProcessor.from_pretrained(world.lmm, local_files_only=True)
+    """The plain model's own generate() on the inputs the adapter builds (its image path, its chat prompt)."""
+    adapter = LlavaAdapter(world.lmm)
+    batch = adapter.encode([Image.open(image)], [""], [[]], prompts=[adapter.prompt(QUESTION)])
+    inputs = adapter.model_inputs(batch["input_ids"], batch["attention_mask"], batch["images"])
+    inputs.pop("position_ids")
     model = LlavaForConditionalGeneration.from_pretrained(world.lmm, local_files_only=True).eval()
-    prompt = QUESTION_TEMPLATE.replace("{question}", QUESTION)
-    inputs = processor(images=[Image.open(image).convert("RGB")], text=[prompt], return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, **kwargs)
     new_tokens = output[0, inputs["input_ids"].shape[1] :]
-    return processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    return adapter.processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
 
 
 def test_answer_is_the_lmms_own_generate_output(checkpoint, world, image_path, tmp_path):
@@ -189,13 +192,13 @@ def test_selector_chooses_from_the_answer_by_default(checkpoint, image_path, tmp
         start, end = phrase["span"]
         assert result["answer"][start:end] == phrase["text"]
     # A threshold every token passes selects one run, the whole answer; one no token passes, nothing.
-    every = ["--set", "model.selector.threshold=1e-6", "--max-new-tokens", "6", QUESTION]
+    every = ["model.selector.threshold=1e-6", "--max-new-tokens", "6", QUESTION]
     assert _demo(checkpoint, image_path, tmp_path / "all", *every) == 0
     everything = _result(tmp_path / "all")
     assert everything["answer"] == result["answer"]
     whole = [result["answer"][a:b] for a, b in answer_span(result["answer"])]
     assert whole and [p["text"] for p in everything["phrases"]] == whole
-    none = ["--set", "model.selector.threshold=0.999999", "--max-new-tokens", "6", QUESTION]
+    none = ["model.selector.threshold=0.999999", "--max-new-tokens", "6", QUESTION]
     assert _demo(checkpoint, image_path, tmp_path / "none", *none) == 0
     assert _result(tmp_path / "none")["phrases"] == []
 

@@ -18,7 +18,7 @@ import torch
 
 from flmm.config import load_config
 from flmm.data.synthetic import SyntheticConfig, generate_world
-from flmm.engine.build import build_image_transform, config_to_dict
+from flmm.engine.build import config_to_dict
 from flmm.engine.datamodule import GroundingDataModule
 from flmm.engine.module import GroundingModule
 from flmm.engine.toy import ensure_toy_models
@@ -232,7 +232,7 @@ def frozen_record(toy_world: ToyWorld, tmp_path_factory) -> FrozenRecord:
     modes: list[tuple[bool, bool, bool]] = []
     trainer = load_tool("train").build_trainer(cfg, output_dir)
     trainer.callbacks.append(RecordModes())
-    trainer.fit(module, datamodule=GroundingDataModule(cfg.data, build_image_transform(module.adapter)))
+    trainer.fit(module, datamodule=GroundingDataModule(cfg.data, module.adapter.image_transform()))
     trainable_after = {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
     return FrozenRecord(frozen_before, frozen_state(module), trainable_before, trainable_after, modes)
 

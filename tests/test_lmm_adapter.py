@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoProcessor, CLIPImageProcessorPil, LlavaForConditionalGeneration
 
 from flmm.errors import ConfigError
-from flmm.lmm import LlavaAdapter, LlavaNextAdapter, MissingWeightsError
+from flmm.lmm import LlavaAdapter, LlavaNextAdapter, MissingWeightsError, adapter_for
 from flmm.lmm.loading import resolve_checkpoint
 from flmm.lmm.tiny import build_tiny_llava
 from flmm.registry import LMM_ADAPTERS
@@ -90,8 +90,11 @@ def test_wrong_model_class_is_a_config_error(llava_dir):
         LlavaNextAdapter(LlavaForConditionalGeneration.from_pretrained(llava_dir))
 
 
+BLANK = {"pixel_values": torch.zeros(3, 32, 32)}
+
+
 def test_phrase_ids_follow_char_spans_in_unicode_text(adapter):
-    encoded = adapter.encode_text([UNICODE_TEXT], [UNICODE_SPANS], torch.zeros(1, 3, 32, 32))
+    encoded = adapter.encode_text([UNICODE_TEXT], [UNICODE_SPANS], [BLANK])
     assert [UNICODE_TEXT[s:e] for s, e in UNICODE_SPANS] == ["café", "猫 rouge", "gauche"]
     tokens = adapter.processor.tokenizer.convert_ids_to_tokens(encoded.input_ids[0])
     phrase_ids = encoded.phrase_ids[0].tolist()
@@ -102,12 +105,11 @@ def test_phrase_ids_follow_char_spans_in_unicode_text(adapter):
 
 def test_encode_text_expands_the_image_token_like_the_processor(adapter):
     batch = adapter.encode([_image(0), _image(1)], ["a dog", "the big red car"], [[(2, 5)], [(4, 15)]])
-    prompts = [f"{adapter.prompt_template} {text}" for text in ["a dog", "the big red car"]]
+    prompts = [f"{adapter.prompt()} {text}" for text in ["a dog", "the big red car"]]
     reference = adapter.processor(
         images=[_image(0), _image(1)], text=prompts, padding=True, return_tensors="pt"
     )
     assert torch.equal(batch["input_ids"], reference["input_ids"])
-    assert torch.equal(batch["pixel_values"], reference["pixel_values"])
     assert int((batch["input_ids"][0] == adapter.image_token_id).sum()) == 16
 
 
@@ -117,12 +119,45 @@ def test_encode_text_expands_the_image_token_like_the_processor(adapter):
 )
 def test_bad_spans_are_rejected(adapter, spans, message):
     with pytest.raises(ValueError, match=message):
-        adapter.encode_text(["a red dog"], [spans], torch.zeros(1, 3, 32, 32))
+        adapter.encode_text(["a red dog"], [spans], [BLANK])
 
 
-def test_processor_without_cls_token_count_is_a_config_error(llava_dir):
+def test_llava_pads_to_square_whatever_image_processor_the_checkpoint_ships(llava_dir):
+    """llava-hf checkpoints ship a CLIP-style processor (shortest edge, centre crop); LLaVA-1.5 was trained
+    on padded squares, and the masks are placed as if padded: the image path pads, the whole image stays."""
     processor = AutoProcessor.from_pretrained(llava_dir)
-    processor.num_additional_image_tokens = 0
+    processor.image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
+    )
     adapter = LlavaAdapter(LlavaForConditionalGeneration.from_pretrained(llava_dir), processor=processor)
-    with pytest.raises(ConfigError, match="num_additional_image_tokens"):
-        adapter.encode_text(["a dog"], [[(2, 5)]], torch.zeros(1, 3, 32, 32))
+    image = np.zeros((20, 40, 3), dtype=np.uint8)
+    image[:, 0] = image[:, -1] = 255  # white first and last columns: a centre crop would cut them
+    out = adapter.image_transform()(image)
+    meta, pixels = out["pad_meta"], out["lmm_image"]["pixel_values"]
+    assert (meta["resized_h"], meta["resized_w"], meta["pad_top"], meta["pad_bottom"]) == (16, 32, 8, 8)
+    assert pixels.shape == (3, 32, 32)
+    assert pixels[:, :8].abs().max() < 0.02 and pixels[:, 24:].abs().max() < 0.02  # padded with the mean
+    assert pixels[:, 8:24, 0].min() > 1.0 and pixels[:, 8:24, -1].min() > 1.0  # both white edges are in
+
+
+def test_adapter_for_picks_the_family_from_the_checkpoint(llava_dir, tmp_path):
+    assert type(adapter_for(llava_dir)) is LlavaAdapter
+    assert type(adapter_for(LlavaForConditionalGeneration.from_pretrained(llava_dir))) is LlavaAdapter
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"")
+    (other / "config.json").write_text('{"architectures": ["MllamaForConditionalGeneration"]}')
+    with pytest.raises(ConfigError, match=r"no flmm adapter for 'MllamaForConditionalGeneration'.*Qwen2VL"):
+        adapter_for(other)
+
+
+def test_a_config_without_adapter_type_gets_the_checkpoints_family(tmp_path):
+    from flmm.config import load_config
+    from flmm.engine.build import build_adapter
+    from flmm.lmm.tiny import build_tiny_llava_next
+
+    folder = build_tiny_llava_next(tmp_path / "next")
+    cfg = load_config(None, [f"model.lmm.model={folder}", "model.lmm.capture=eager"])
+    assert "type" not in cfg.model.lmm
+    adapter = build_adapter(cfg)
+    assert type(adapter) is LlavaNextAdapter and adapter.capture == "eager"

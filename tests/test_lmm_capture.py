@@ -13,11 +13,13 @@ from transformers import LlavaForConditionalGeneration
 from flmm.lmm import (
     CAPTURE_ATTN_IMPLEMENTATION,
     AttentionRecorder,
+    ImageLayout,
     LlavaAdapter,
     LlavaNextAdapter,
     attention_rows,
+    raster_cells,
 )
-from flmm.lmm.plan import plan_batch, position_ids_from_mask
+from flmm.lmm.plan import plan_batch
 from flmm.lmm.tiny import build_tiny_llava, build_tiny_llava_next
 
 TEXTS = ["a red dog on the grass", "two small cats and a big blue car near the tall tree"]
@@ -98,7 +100,7 @@ def test_padding_side_does_not_change_the_maps(llava_dir):
 def test_image_positions_are_found_per_sample_under_left_padding(llava_dir):
     adapter = LlavaAdapter(llava_dir)
     batch = adapter.encode(_images(), TEXTS, SPANS, padding_side="left")
-    layouts = adapter.grid_layouts(batch["pixel_values"], None)
+    layouts = [adapter.layout(image) for image in batch["images"]]
     plan = plan_batch(
         batch["input_ids"], batch["attention_mask"], batch["phrase_ids"], adapter.image_token_id, layouts
     )
@@ -113,17 +115,12 @@ def test_hooked_capture_leaves_logits_bit_identical(llava_dir):
     model = LlavaForConditionalGeneration.from_pretrained(llava_dir)
     adapter = LlavaAdapter(llava_dir)
     batch = adapter.encode(_images(), TEXTS, SPANS, padding_side="left")
-    inputs = {
-        "input_ids": batch["input_ids"],
-        "attention_mask": batch["attention_mask"],
-        "position_ids": position_ids_from_mask(batch["attention_mask"]),
-        "pixel_values": batch["pixel_values"],
-    }
+    inputs = adapter.model_inputs(batch["input_ids"], batch["attention_mask"], batch["images"])
     with torch.no_grad():
         plain = model(**inputs).logits
         model.set_attn_implementation({"text_config": CAPTURE_ATTN_IMPLEMENTATION})
         recorder = AttentionRecorder([layer.self_attn for layer in model.model.language_model.layers])
-        layouts = adapter.grid_layouts(batch["pixel_values"], None)
+        layouts = [adapter.layout(image) for image in batch["images"]]
         plan = plan_batch(
             inputs["input_ids"],
             inputs["attention_mask"],
@@ -141,15 +138,16 @@ def test_llava_next_maps_have_base_and_anyres_channels(next_dir):
     hooked = LlavaNextAdapter(next_dir, capture="hooked")
     eager = LlavaNextAdapter(next_dir, capture="eager")
     batch = hooked.encode(_images(), TEXTS, SPANS, padding_side="left")
-    assert batch["pixel_values"].shape == (2, 5, 3, 32, 32)
+    # base crop + 2 x 2 tiles for the wide image, base + 2 x 1 for the tall one
+    assert [tuple(image["pixel_values"].shape) for image in batch["images"]] == [(5, 3, 32, 32), (3, 3, 32, 32)]
 
     out = hooked(**batch)
 
     layers, heads = 3, 4
     assert out.attention.shape == (5, 2 * layers * heads, 4, 4)
-    assert out.grid.channels == 2 * layers * heads and out.grid.size == (4, 4) and out.grid.frame == "image"
+    assert out.grid.channels == 2 * layers * heads and out.grid.size == (4, 4)
     # 40x60 (wide) loses rows to unpadding, 70x30 (tall) loses columns.
-    assert [layout.anyres_hw for layout in out.grid.layouts] == [(6, 8), (8, 4)]
+    assert [layout.view_shapes for layout in out.grid.layouts] == [((4, 4), (6, 8)), ((4, 4), (8, 4))]
     assert out.hidden_states.shape == (5, 4, layers, 64)
     assert (out.attention - eager(**batch).attention).abs().max() <= 1e-5
 
@@ -157,28 +155,26 @@ def test_llava_next_maps_have_base_and_anyres_channels(next_dir):
 def test_llava_next_layout_matches_transformers_packing(next_dir):
     adapter = LlavaNextAdapter(next_dir)
     batch = adapter.encode(_images(), TEXTS, SPANS)
-    layouts = adapter.grid_layouts(batch["pixel_values"], batch["image_sizes"])
+    layouts = [adapter.layout(image) for image in batch["images"]]
+    vision = adapter.vision_inputs(batch["images"])
     with torch.no_grad():
         packed = adapter.lmm.model.get_image_features(
-            batch["pixel_values"], batch["image_sizes"]
+            vision["pixel_values"], vision["image_sizes"]
         ).pooler_output
     newline = adapter.lmm.model.image_newline
     for features, layout in zip(packed, layouts, strict=True):
         assert features.shape[0] == layout.num_tokens
         is_newline = (features == newline).all(dim=1)
-        (rows, cols), base = layout.anyres_hw, layout.base_hw[0] * layout.base_hw[1]
-        expected = torch.zeros(layout.num_tokens, dtype=torch.bool)
-        expected[base + cols :: cols + 1] = True
-        assert torch.equal(is_newline, expected) and int(expected.sum()) == rows
+        assert torch.equal(is_newline, layout.token_cells[:, 0] < 0)
+        assert int(is_newline.sum()) == layout.view_shapes[1][0]
 
 
-def test_grid_layout_drops_newlines_and_resizes_anyres():
-    from flmm.lmm import GridLayout
-
-    layout = GridLayout((2, 2), (2, 4))
+def test_image_layout_drops_row_breaks_and_resizes_every_view_to_the_grid():
+    cells = torch.cat([raster_cells(2, 2), raster_cells(2, 4, view=1, row_break=True)])
+    layout = ImageLayout(cells, ((2, 2), (2, 4)))
     base = torch.arange(4.0)
     anyres = torch.tensor([[1.0, 1.0, 3.0, 3.0, -100.0], [1.0, 1.0, 3.0, 3.0, -100.0]]).flatten()
-    grid = layout.to_grid(torch.cat([base, anyres])[None, None])
+    grid = layout.to_grid(torch.cat([base, anyres])[None, None], (2, 2))
     assert grid.shape == (1, 2, 2, 2)
     assert torch.equal(grid[0, 0], base.view(2, 2))
     assert torch.allclose(grid[0, 1], torch.tensor([[1.0, 3.0], [1.0, 3.0]]))
@@ -188,7 +184,8 @@ def test_hooked_adapter_generates_like_the_plain_model(llava_dir):
     adapter = LlavaAdapter(llava_dir, capture="hooked")
     plain = LlavaForConditionalGeneration.from_pretrained(llava_dir)
     batch = adapter.encode(_images()[:1], ["a red dog"], [[(0, 9)]])
-    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values")}
+    inputs = adapter.model_inputs(batch["input_ids"], batch["attention_mask"], batch["images"])
+    inputs.pop("position_ids")
     settings = {
         "max_new_tokens": 6,
         "do_sample": False,

@@ -11,7 +11,7 @@ from flmm.config import load_config
 from flmm.data.collate import collate_grounding
 from flmm.data.splits import build_split_dataset
 from flmm.demo.phrases import selected_spans
-from flmm.engine.build import build_image_transform, config_to_dict
+from flmm.engine.build import config_to_dict
 from flmm.engine.evaluate import evaluate
 from flmm.engine.module import GroundingModule
 from flmm.models.selector import KeywordSelector, TokenF1, token_counts
@@ -29,7 +29,7 @@ def toy(tmp_path_factory):
     world = build_toy_world(root)
     cfg = load_config(TOY_CONFIG, toy_overrides(world, root / "run", *SELECTOR))
     module = GroundingModule(config_to_dict(cfg), val_splits=VAL_SPLITS)
-    transform = build_image_transform(module.adapter)
+    transform = module.adapter.image_transform()
     png = build_split_dataset(cfg.data, "png:train2017", "narrative", transform)
     res = build_split_dataset(cfg.data, "refcoco:train", "train", transform)
     return cfg, module, png, res
@@ -45,12 +45,12 @@ def module_and_batch(toy):
 def test_adapter_returns_every_text_token_with_its_phrase(module_and_batch):
     module, batch = module_and_batch
     adapter = module.adapter
-    encoded = adapter.encode_text(batch["text"], batch["phrase_spans"], batch["pixel_values"])
+    encoded = adapter.encode_text(batch["text"], batch["phrase_spans"], batch["lmm_image"])
     out = adapter(
         encoded.input_ids,
         encoded.attention_mask,
         encoded.phrase_ids,
-        batch["pixel_values"],
+        batch["lmm_image"],
         text_mask=encoded.text_mask,
     )
     counts = encoded.text_mask.sum(dim=1)
@@ -178,7 +178,7 @@ def test_selector_f1_is_reported_on_narrative_splits_only(toy, tmp_path):
 
 def test_validation_logs_selector_f1_on_narrative_splits_only(toy):
     cfg, module, _, _ = toy
-    transform = build_image_transform(module.adapter)
+    transform = module.adapter.image_transform()
     loaders = [
         DataLoader(
             build_split_dataset(

@@ -33,12 +33,17 @@ TINY_SIZES = [
 ]
 
 
+# Written by save_pretrained but no part of the architecture: the dtype after training, and the
+# transformers release that wrote the file (a fresh install of another patch release must still match).
+NOT_ARCHITECTURE = {"dtype", "transformers_version"}
+
+
 def _architecture(folder: Path) -> dict:
-    """config.json without the "dtype" entries that save_pretrained adds after training."""
+    """config.json without the entries of `NOT_ARCHITECTURE`, at any depth."""
 
     def strip(node):
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k != "dtype"}
+            return {k: strip(v) for k, v in node.items() if k not in NOT_ARCHITECTURE}
         return node
 
     return strip(json.loads((folder / "config.json").read_text()))

@@ -15,7 +15,7 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from flmm.data.datasets import RefCocoDataset
 from flmm.data.safe_pickle import load_plain_pickle
 from flmm.data.synthetic import SyntheticConfig, generate_world
-from flmm.lmm.llava import LlavaAdapter
+from flmm.lmm import LlavaAdapter
 from flmm.models.sam_build import build_sam
 from flmm.toy.captions import WORD_KINDS, render_sample
 from flmm.toy.pretrain_lmm import REPORT_FILE, encode_batch, evaluate, image_transform
@@ -123,9 +123,8 @@ def test_pretraining_input_is_the_grounding_input(pretrained: Path):
     """The answer tokens the LMM learns on are the tokens the adapter later grounds, in the same place."""
     adapter = LlavaAdapter(pretrained, capture="hooked")
     text = "the small red circle on the left"
-    pixel_values = torch.zeros(1, 3, 32, 32)
-    encoded = adapter.encode_text([text], [[(0, len(text))]], pixel_values)
-    prompt = adapter.prompt_template
+    encoded = adapter.encode_text([text], [[(0, len(text))]], [{"pixel_values": torch.zeros(3, 32, 32)}])
+    prompt = adapter.prompt()
     batch = encode_batch(adapter.processor, [(prompt, text)], 16)
     assert torch.equal(batch["input_ids"][0, :-1], encoded.input_ids[0])
     assert torch.equal(batch["labels"][0, :-1] != -100, encoded.text_mask[0])
@@ -135,10 +134,10 @@ def test_toy_llava_goes_through_the_llava_adapter_in_both_capture_modes(pretrain
     hooked, eager = LlavaAdapter(pretrained, capture="hooked"), LlavaAdapter(pretrained, capture="eager")
     transform = image_transform(hooked.processor, 32)
     samples = [RefCocoDataset(world, "refcoco", "val", transform=transform)[i] for i in range(2)]
-    pixel_values = torch.stack([s["pixel_values"] for s in samples])
+    images = [{"pixel_values": s["pixel_values"]} for s in samples]
     texts, spans = [s["text"] for s in samples], [s["phrase_spans"] for s in samples]
-    encoded = hooked.encode_text(texts, spans, pixel_values)
-    inputs = (encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, pixel_values)
+    encoded = hooked.encode_text(texts, spans, images)
+    inputs = (encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, images)
     out, reference = hooked(*inputs), eager(*inputs)
     assert out.attention.shape == (2, 2 * 2, 4, 4)
     torch.testing.assert_close(out.attention, reference.attention, rtol=1e-4, atol=1e-6)

@@ -1,24 +1,29 @@
 """Benchmark one grounding step at a given LMM architecture (random weights): eager vs hooked capture.
 
     python tools/benchmark_step.py [--preset toy|llava7b] [--device cpu|cuda] [--dtype float32|bfloat16]
-        [--batch 2] [--phrases 3] [--refiner none|tiny|vit_b|vit_l|vit_h] [--repeats 3]
+        [--batch 2] [--phrases 3] [--refiner none|tiny|vit_b|vit_l|vit_h] [--repeats 3] [key=value ...]
 
 Builds a LLaVA-1.5 of the preset's sizes with random weights (no download), wraps it in the same adapter
 as real checkpoints, and for each capture mode times the frozen LMM forward with capture and one whole
 training step (LMM forward, U-Net, SAM refiner, losses, backward, AdamW step), and reports the peak memory
 (CUDA: max allocated during the mode's runs; CPU: peak resident set of the process so far, so it only
-grows from row to row). Prints a table.
+grows from row to row). Prints a table. `key=value` arguments change the preset's sizes, e.g.
+`text.num_hidden_layers=2` for a slice of the 7B's depth.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from flmm.lmm.llava import LlavaAdapter
+from flmm.cli import parse_with_overrides
+from flmm.lmm import LlavaAdapter
 from flmm.lmm.tiny import llava_parts
 from flmm.models.grounding import GroundingModel
 from flmm.models.losses import grounding_losses
@@ -113,8 +118,9 @@ def measure(capture: str, config, processor, args: argparse.Namespace) -> tuple:
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch = _batch(args.batch, args.phrases, lmm.config.vision_config.image_size, device)
-    encoded = adapter.encode_text(batch["text"], batch["phrase_spans"], batch["pixel_values"])
-    inputs = (encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, batch["pixel_values"])
+    images = [{"pixel_values": pixels} for pixels in batch["pixel_values"]]
+    encoded = adapter.encode_text(batch["text"], batch["phrase_spans"], images)
+    inputs = (encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, images)
     targets = [m for masks in batch["masks"] for m in masks]
 
     def train_step():
@@ -140,7 +146,19 @@ def measure(capture: str, config, processor, args: argparse.Namespace) -> tuple:
     return capture, encoded.input_ids.shape[1], forward_ms, step_ms, _peak_gib(device)
 
 
-def main(argv: list[str] | None = None) -> None:
+def preset_sizes(preset: str, overrides: list[str]) -> dict:
+    """The sizes of `preset` with `vision.x=...` / `text.x=...` overrides; ValueError for an unknown key."""
+    sizes = OmegaConf.create(PRESETS[preset])
+    OmegaConf.set_struct(sizes, True)
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(sizes, OmegaConf.from_dotlist(overrides)))
+    except OmegaConfBaseException as exc:
+        raise ValueError(
+            f"override {getattr(exc, 'full_key', '')!r}: not a size of preset {preset}"
+        ) from None
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -152,8 +170,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phrases", type=int, default=3)
     parser.add_argument("--refiner", choices=["none", "tiny", "vit_b", "vit_l", "vit_h"], default="tiny")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    config, processor = llava_parts(PRESETS[args.preset], corpus=[" ".join(WORDS)])
+    args = parse_with_overrides(parser, argv, "text.num_hidden_layers=2")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: CUDA is not available on this machine", file=sys.stderr)
+        return 2
+    try:
+        sizes = preset_sizes(args.preset, args.overrides)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config, processor = llava_parts(sizes, corpus=[" ".join(WORDS)])
     rows = []
     for capture in args.capture.split(","):
         rows.append(measure(capture, config, processor, args))
@@ -165,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     for capture, seq, forward_ms, step_ms, peak in rows:
         print(f"| {capture} | {seq} | {forward_ms:.1f} | {step_ms:.1f} | {peak:.2f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

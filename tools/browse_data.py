@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from flmm.cli import parse_with_overrides
 from flmm.config import load_config
 from flmm.data.overlay import draw_overlay
 from flmm.data.splits import build_split_dataset
@@ -68,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", default=None, help="all-sentences | first-sentence-concat | train")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--overlays", type=int, default=16, help="overlay images of the first N queries")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.root=/datasets")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv, "data.root=/datasets")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)

@@ -10,7 +10,7 @@ selector; --phrases grounds given phrases instead, found in the answer when they
 own) and grounded by the trained head of --ckpt or, training-free, by attend-and-segment (the attention
 peak as a SAM point prompt; --top-heads keeps only the most concentrated heads). Prints the answer with
 its phrases marked (--format plain|kosmos|glamm) and writes OUT/overlay.png and OUT/result.json.
---web serves the same on http://127.0.0.1:PORT/ instead. `--set key=value` overrides the config.
+--web serves the same on http://127.0.0.1:PORT/ instead. `key=value` arguments override the config.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from flmm.cli import parse_with_overrides
 from flmm.data.image_io import load_rgb
 from flmm.demo.answer import GenerationSettings
 from flmm.demo.output import format_answer, write_outputs
@@ -43,7 +44,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--ckpt", type=Path, help="checkpoint of tools/train.py (mode head)")
     parser.add_argument("--config", type=Path, help="config naming the LMM and SAM (mode attend-and-segment)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--image", type=Path, help="the image (not with --web)")
     parser.add_argument("--phrases", default=None, help='phrases to ground instead of choosing, "a; b"')
     parser.add_argument("--source", choices=SOURCES, default="auto", help="how phrases are chosen")
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--web", action="store_true", help="serve the demo page on 127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv, "model.selector.threshold=0.3")
     if args.mode == "head" and (args.ckpt is None or args.config is not None):
         parser.error("mode head needs --ckpt (and no --config)")
     if args.mode == "attend-and-segment" and (args.config is None or args.ckpt is not None):

@@ -20,6 +20,7 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from flmm.cli import parse_with_overrides
 from flmm.errors import FlmmError
 from flmm.toy.pretrain_lmm import pretrain_lmm
 from flmm.toy.recipe import LmmRecipe, load_recipe
@@ -35,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="overrides the recipe's steps")
     parser.add_argument("--batch-size", type=int, default=None, help="overrides the recipe's batch_size")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", help="recipe key=value overrides, e.g. formats.qa=0.2")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv, "formats.qa=0.2")
     flags = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size}
     overrides = [*args.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     try:

@@ -18,6 +18,7 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from flmm.cli import parse_with_overrides
 from flmm.errors import FlmmError
 from flmm.toy.pretrain_sam import pretrain_sam
 from flmm.toy.recipe import SamRecipe, load_recipe
@@ -32,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="overrides the recipe's seed")
     parser.add_argument("--steps", type=int, default=None, help="overrides the recipe's steps")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", help="recipe key=value overrides, e.g. box_fraction=0.5")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv, "box_fraction=0.5")
     flags = {"seed": args.seed, "steps": args.steps}
     overrides = [*args.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     try:

@@ -22,10 +22,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from torch.utils.data import ConcatDataset
 
+from flmm.cli import parse_with_overrides
 from flmm.config import load_config
 from flmm.data.splits import build_split_dataset
 from flmm.data.synthetic_setup import ensure_synthetic_world
-from flmm.engine.build import build_adapter, build_image_transform, preflight
+from flmm.engine.build import build_adapter, preflight
 from flmm.errors import FlmmError
 from flmm.toy.probe import probe_grounding
 
@@ -38,7 +39,7 @@ def probe(args: argparse.Namespace) -> dict:
     splits = [s.strip() for s in args.split.split(",") if s.strip()]
     preflight(cfg, splits)
     adapter = build_adapter(cfg)
-    transform = build_image_transform(adapter)
+    transform = adapter.image_transform()
     dataset = ConcatDataset([build_split_dataset(cfg.data, s, "all-sentences", transform) for s in splits])
     return probe_grounding(adapter, dataset, args.batch_size, progress=not args.quiet)
 
@@ -56,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.root=/data")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv, "data.root=/data")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         results = probe(args)

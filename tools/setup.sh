@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install flmm with its pinned dependencies into it.
-# torch is held at the machine's build by constraints.txt (DESIGN.md §6); torchvision is never installed.
+# Create .venv (once) and install exactly requirements.lock into it, then flmm itself (editable).
+# The lock pins the whole environment (tools/lock.sh makes it), so an upstream release changes nothing here;
+# `pip check` proves the lock is complete. torchvision is never installed (DESIGN.md §6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -17,7 +18,8 @@ pip_quiet() {
     fi
     grep -v "is ignored: it is neither a file nor a directory" "$log" || true
 }
-pip_quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
+pip_quiet --no-deps -r requirements.lock
 pip_quiet --no-deps --no-build-isolation -e .
 rm -f "$log"
+.venv/bin/pip check >/dev/null || { .venv/bin/pip check; echo "tools/setup.sh: requirements.lock is incomplete; run tools/lock.sh" >&2; exit 1; }
 .venv/bin/python -c "import flmm, torch; print(f'flmm ready (torch {torch.__version__})')"

@@ -34,13 +34,14 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from flmm.cli import parse_with_overrides
 from flmm.config import load_config
 from flmm.data.synthetic_setup import ensure_synthetic_world
 from flmm.demo.answer import GenerationSettings
 from flmm.demo.pipeline import Demo
-from flmm.demo.reason import REASON_TEMPLATE, AnswerThenGround
+from flmm.demo.reason import SHORT_ANSWER, AnswerThenGround
 from flmm.engine.attend import build_attend_and_segment
-from flmm.engine.build import build_image_transform, preflight
+from flmm.engine.build import preflight
 from flmm.engine.evaluate import (
     RES_EVAL_PROTOCOLS,
     checkpoint_config,
@@ -85,7 +86,7 @@ def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
         module, predictor = None, build_attend_and_segment(cfg, args.top_heads)
         adapter, mode, demo_models = predictor.adapter, "attend-and-segment", {"attend": predictor}
     if args.answer_first:
-        demo = Demo(adapter, question_template=REASON_TEMPLATE, **demo_models)
+        demo = Demo(adapter, question_suffix=SHORT_ANSWER, **demo_models)
         predictor = AnswerThenGround(demo, GenerationSettings(max_new_tokens=args.max_new_tokens))
         mode = f"{mode}, answer-first"
     results = evaluate(
@@ -95,7 +96,7 @@ def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
         PROTOCOLS[args.protocol],
         out,
         predictor=predictor,
-        transform=build_image_transform(adapter),
+        transform=adapter.image_transform(),
         checkpoint=args.ckpt.resolve() if args.ckpt else None,
         overlays=args.overlays,
         save_masks=args.save_masks,
@@ -127,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     parser.add_argument("--save-masks", action="store_true", help="write every predicted mask as RLE")
     parser.add_argument("--overlays", type=int, default=4, help="best and worst N queries drawn per split")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.root=/datasets")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv, "data.root=/datasets")
     if args.mode == "head" and (args.ckpt is None or args.config is not None):
         parser.error("mode head needs --ckpt (and no --config)")
     if args.mode == "attend-and-segment" and (args.config is None or args.ckpt is not None):

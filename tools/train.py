@@ -24,10 +24,11 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from flmm.cli import parse_with_overrides
 from flmm.config import load_config
 from flmm.data.synthetic_setup import ensure_synthetic_world
-from flmm.engine.build import build_image_transform, config_to_dict, preflight
-from flmm.engine.callbacks import ValidationOverlays
+from flmm.engine.build import config_to_dict, preflight
+from flmm.engine.callbacks import ValidationOverlays, progress_reporting
 from flmm.engine.datamodule import GroundingDataModule
 from flmm.engine.module import GroundingModule, read_checkpoint
 from flmm.engine.toy import ensure_toy_models
@@ -55,6 +56,7 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
         save_top_k=1,
         enable_version_counter=False,
     )
+    show_bar, progress = progress_reporting(train.progress_bar, train.progress_every_n_steps)
     return pl.Trainer(
         default_root_dir=output_dir,
         max_epochs=train.epochs,
@@ -69,7 +71,7 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
         limit_val_batches=train.limit_val_batches,
         check_val_every_n_epoch=train.val_every_n_epochs,
         log_every_n_steps=train.log_every_n_steps,
-        enable_progress_bar=train.progress_bar,
+        enable_progress_bar=show_bar,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         logger=[
@@ -80,6 +82,7 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
             checkpoints,
             LearningRateMonitor(logging_interval="step"),
             ValidationOverlays(output_dir / "overlays", train.overlay_samples),
+            *progress,
         ],
     )
 
@@ -96,7 +99,7 @@ def train(cfg, resume: str | None = None) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml")
     module = GroundingModule(config_to_dict(cfg))
-    datamodule = GroundingDataModule(cfg.data, build_image_transform(module.adapter))
+    datamodule = GroundingDataModule(cfg.data, module.adapter.image_transform())
     trainer = build_trainer(cfg, output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     if trainer.is_global_zero:
@@ -110,12 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("config", help="YAML config, e.g. configs/flmm_llava7b.yaml")
     parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 data.root=/data"
-    )
-    parser.add_argument(
         "--resume", default=None, help="checkpoint to continue from (e.g. OUT/checkpoints/last.ckpt)"
     )
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv, "train.epochs=2 data.root=/data")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         train(load_config(args.config, args.overrides), args.resume)

@@ -1,23 +1,24 @@
 """Collate grounding samples of different sizes and phrase counts into one batch.
 
-Tensors that share a shape across samples (the LMM's `pixel_values`) are stacked, per-sample flags
-(`phrases_select_words`) become bool tensors; everything that varies per image (original images, masks at
-original size, texts, phrase spans, queries) stays a list.
+Per-sample flags (`phrases_select_words`) become bool tensors; everything that varies per image (original
+images, masks at original size, texts, phrase spans, queries, and `lmm_image`, the LMM's inputs of each
+image, which its adapter batches) stays a list; other tensors are stacked.
 """
 
 from __future__ import annotations
 
 import torch
 
-_LIST_KEYS = ("image", "image_id", "image_file", "text", "phrase_spans", "masks", "queries", "pad_meta")
+_LIST_KEYS = (
+    "image", "image_id", "image_file", "text", "phrase_spans", "masks", "queries", "pad_meta", "lmm_image"
+)  # fmt: skip
 _FLAG_KEYS = ("phrases_select_words",)
 
 
 def collate_grounding(samples: list[dict | None]) -> dict | None:
     """Batch a list of samples, leaving out the None of broken evaluation samples (None if all are).
 
-    Returns a dict with `pixel_values (B, ...)` stacked (and `image_sizes (B, 2)` when present), `images`
-    as B uint8 tensors `(3, H_i, W_i)`, `masks` as B bool tensors `(P_i, H_i, W_i)`,
+    Returns a dict with `images` as B uint8 tensors `(3, H_i, W_i)`, `masks` as B bool tensors `(P_i, H_i, W_i)`,
     `phrases_select_words (B,)` bool when the samples carry it, and lists for the rest.
     """
     samples = [s for s in samples if s is not None]
@@ -30,11 +31,11 @@ def collate_grounding(samples: list[dict | None]) -> dict | None:
         if key in _FLAG_KEYS:
             batch[key] = torch.tensor([bool(s[key]) for s in samples], dtype=torch.bool)
         elif key not in _LIST_KEYS:
-            batch[key] = _stack_padded([s[key] for s in samples])
+            batch[key] = stack_padded([s[key] for s in samples])
     return batch
 
 
-def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+def stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Stack tensors, zero-padding dim 0 to the longest (any-res images have different crop counts)."""
     longest = max(t.shape[0] for t in tensors) if tensors[0].dim() > 0 else 0
     padded = [

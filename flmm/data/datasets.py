@@ -12,7 +12,7 @@ at the original resolution and the metadata of its query:
                  bool: True when the phrases are a selection of the text's words, so that which words lie
                  inside a phrase is a label of the text (PNG narratives); False when the text is made of
                  its phrases alone (RefCOCO expressions joined with ". ": every word is inside a phrase)
-    + whatever the image transform adds (pixel_values, pad_meta, ...)
+    + whatever the image transform adds (lmm_image, pad_meta, ...)
 
 Protocols (DESIGN.md §4): `train` groups all referred objects of an image in one sample with a fresh
 random sentence per object every epoch (call `set_epoch`); `all-sentences` makes every expression its own

@@ -2,8 +2,10 @@
 
 `LlavaPadTransform` is LLaVA-1.5's "pad" mode built from albumentations: longest side to the LMM's size,
 padded to a square with the CLIP mean colour, centred (before = pad // 2). `ProcessorTransform` defers to
-a Hugging Face image processor (LLaVA-NeXT any-res), which decides its own crops. Masks are never
-transformed: losses and metrics use them at the original resolution.
+a Hugging Face image processor (LLaVA-NeXT any-res, Qwen2-VL's native resolution), which decides its own
+resizing and crops. `LMMInputs` groups what a transform makes for the LMM under one key, `lmm_image`, so
+the data layer carries it without knowing what it holds. Masks are never transformed: losses and metrics
+use them at the original resolution.
 """
 
 from __future__ import annotations
@@ -77,21 +79,35 @@ class LlavaPadTransform:
 
 
 class ProcessorTransform:
-    """Defer to a Hugging Face image processor (e.g. LLaVA-NeXT any-res).
+    """Defer to a Hugging Face image processor (e.g. LLaVA-NeXT any-res, Qwen2-VL).
 
-    Returns the processor's tensors with the batch dimension removed (`pixel_values (n_crops, 3, h, w)`,
-    `image_sizes (2,)`) and a `PadMeta` whose content fills the whole square (no padding): the base
-    crop of an any-res processor is the whole image resized to a square, so the coarse map covers it.
+    Returns the processor's tensors for the one image, the batch dimension removed from `batched_keys`
+    (`pixel_values (n_crops, 3, h, w)`, `image_sizes (2,)`) and kept on the others (Qwen2-VL's
+    `pixel_values (n_patches, D)` has no batch dimension), and a `PadMeta` whose content fills the whole
+    square (no padding): these processors resize the whole image, so the maps stretched over it cover it.
     """
 
-    def __init__(self, image_processor):
+    def __init__(self, image_processor, batched_keys: tuple[str, ...] = ("pixel_values", "image_sizes")):
         self.image_processor = image_processor
+        self.batched_keys = tuple(batched_keys)
 
     def __call__(self, image: np.ndarray) -> dict:
         out = self.image_processor(images=image, return_tensors="pt")
         h, w = image.shape[:2]
         side = max(h, w)
         meta = PadMeta(h, w, side, side, 0, 0, 0, 0, side)
-        result = {key: value[0] for key, value in out.items()}
+        result = {key: value[0] if key in self.batched_keys else value for key, value in out.items()}
         result["pad_meta"] = meta.as_dict()
         return result
+
+
+class LMMInputs:
+    """Wrap a transform: its tensors go under `lmm_image` (a dict, what the LMM takes for this image), its
+    `pad_meta` stays beside them. Picklable, for data workers."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image: np.ndarray) -> dict:
+        out = dict(self.transform(image))
+        return {"pad_meta": out.pop("pad_meta"), "lmm_image": out}

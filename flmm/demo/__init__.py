@@ -6,11 +6,10 @@ loads the models; `demo.run(image, question, phrases=..., settings=...)` returns
 serves the same on a localhost page. Entry point: tools/demo.py.
 """
 
-from flmm.demo.answer import QUESTION_TEMPLATE, GenerationSettings, generate_answer
+from flmm.demo.answer import GenerationSettings, generate_answer
 from flmm.demo.pipeline import Demo, DemoResult, PhraseResult
 
 __all__ = [
-    "QUESTION_TEMPLATE",
     "Demo",
     "DemoResult",
     "GenerationSettings",

@@ -1,8 +1,9 @@
 """The frozen LMM's own answer to a question: its chat prompt and `generate()`, nothing added.
 
-The prompt is built exactly as the model's processor builds it (`LMMAdapter.expand_prompts` expands the
-image token the processor's way), and decoding uses transformers' `generate` with the settings given, so
-the answer is the one the LMM alone gives for the same image, prompt and settings.
+The prompt is the model's own chat template (`LMMAdapter.prompt`), its image placeholder expanded the
+processor's way (`LMMAdapter.expand_prompt`), the model gets exactly `LMMAdapter.model_inputs`, and
+decoding uses transformers' `generate` with the settings given, so the answer is the one the LMM alone
+gives for the same image, prompt and settings.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flmm.lmm.base import LMMAdapter
-
-# LLaVA-1.5's conversation format, as in the adapter's description prompt.
-QUESTION_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
+from flmm.lmm.adapter import LMMAdapter, LMMImage
 
 
 @dataclass(frozen=True)
@@ -41,36 +39,16 @@ class GenerationSettings:
         return kwargs
 
 
-def question_prompt(question: str, image_token: str, template: str = QUESTION_TEMPLATE) -> str:
-    """The chat prompt of a question (image token included); ValueError for an empty question."""
-    question = question.strip()
-    if not question:
-        raise ValueError("the question is empty")
-    if image_token in question:
-        raise ValueError(f"the question must not contain the image token {image_token!r}")
-    return template.replace("{question}", question)
-
-
 @torch.no_grad()
-def generate_answer(
-    adapter: LMMAdapter,
-    pixel_values: torch.Tensor,
-    image_sizes: torch.Tensor | None,
-    prompt: str,
-    settings: GenerationSettings,
-) -> str:
-    """The LMM's answer to `prompt` about one image (`pixel_values` from its processor, batch of 1)."""
+def generate_answer(adapter: LMMAdapter, image: LMMImage, prompt: str, settings: GenerationSettings) -> str:
+    """The LMM's answer to `prompt` (a chat prompt, `LMMAdapter.prompt`) about one image (its `lmm_image`)."""
     tokenizer = adapter.processor.tokenizer
-    inputs = tokenizer(adapter.expand_prompts(pixel_values, image_sizes, [prompt]), return_tensors="pt")
+    encoded = adapter.encode_text([""], [[]], [image], prompts=[prompt])
+    inputs = adapter.model_inputs(encoded.input_ids, encoded.attention_mask, [image])
+    inputs.pop("position_ids", None)  # generate() counts positions itself
     device = adapter.lmm.device
-    vision = adapter.vision_inputs(pixel_values.to(device=device, dtype=adapter.lmm.dtype), image_sizes)
     # A private RNG stream: the same seed gives the same sample, and the caller's RNG does not move.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)
-        output = adapter.lmm.generate(
-            input_ids=inputs["input_ids"].to(device),
-            attention_mask=inputs["attention_mask"].to(device),
-            **vision,
-            **settings.generate_kwargs(),
-        )
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        output = adapter.lmm.generate(**inputs, **settings.generate_kwargs())
+    return tokenizer.decode(output[0, encoded.input_ids.shape[1] :], skip_special_tokens=True).strip()

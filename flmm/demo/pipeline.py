@@ -9,9 +9,9 @@
 3. The chosen phrases are grounded by the trained head (U-Net + SAM refiner) or, training-free, by
    attend-and-segment. SAM's image embedding is computed once per image and kept for the next questions.
 
-The LMM sees its processor's `pixel_values` (what it alone would see); the pad meta that maps the head's
-square output back to the image comes from the data layer's transform, whose padding geometry is the
-processor's (centred, floor before) up to rounding of the resized side.
+The image goes through the adapter's one image path (`LMMAdapter.image_transform`, as in training and
+evaluation), which gives both what the LMM sees and the pad meta that maps the head's square output back to
+the image; questions are asked in the model's chat template (`LMMAdapter.prompt`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import torch
 
 from flmm.config import load_config
 from flmm.data.datasets import join_phrases
-from flmm.demo.answer import QUESTION_TEMPLATE, GenerationSettings, generate_answer, question_prompt
+from flmm.demo.answer import GenerationSettings, generate_answer
 from flmm.demo.phrases import answer_span, locate_phrases, selected_spans
 from flmm.engine.attend import AttendAndSegment, build_attend_and_segment
-from flmm.engine.build import build_image_transform, preflight
+from flmm.engine.build import preflight
 from flmm.engine.evaluate import checkpoint_config, load_checkpoint, load_module
 from flmm.engine.metrics import binarize
 from flmm.engine.toy import ensure_toy_models
-from flmm.lmm.base import LMMAdapter
+from flmm.lmm.adapter import LMMAdapter, LMMImage
 from flmm.lmm.text import Span, phrase_ids_from_offsets
 from flmm.models.grounding import GroundingModel
 from flmm.models.selector import KeywordSelector
@@ -43,13 +43,12 @@ SOURCES = ("auto", "answer", "selector")
 
 @dataclass
 class PreparedImage:
-    """One image, preprocessed once: `array (H, W, 3)` and `tensor (3, H, W)` uint8, the processor's
-    `pixel_values (1, ...)` / `image_sizes`, the pad meta, and SAM's embedding `(1, C, h, w)` once made."""
+    """One image, preprocessed once: `array (H, W, 3)` and `tensor (3, H, W)` uint8, the LMM's inputs
+    (`lmm_image`, from the adapter's image path), the pad meta, and SAM's embedding `(1, C, h, w)`."""
 
     array: np.ndarray
     tensor: torch.Tensor
-    pixel_values: torch.Tensor
-    image_sizes: torch.Tensor | None
+    lmm_image: LMMImage
     pad_meta: dict
     sam_embedding: torch.Tensor | None = None
 
@@ -99,16 +98,16 @@ class Demo:
         head: GroundingModel | None = None,
         selector: KeywordSelector | None = None,
         attend: AttendAndSegment | None = None,
-        question_template: str = QUESTION_TEMPLATE,
+        question_suffix: str = "",
         cache_size: int = 4,
     ):
         if (head is None) == (attend is None):
             raise ValueError("a Demo grounds with exactly one of a trained head or attend-and-segment")
         self.adapter, self.head, self.selector, self.attend = adapter, head, selector, attend
-        self.question_template = question_template
+        self.question_suffix = question_suffix
         self.mode = "trained-head" if head is not None else "attend-and-segment"
         self.refiner = head.refiner if head is not None else attend.refiner
-        self.transform = build_image_transform(adapter)
+        self.transform = adapter.image_transform()
         self.cache_size = cache_size
         self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
 
@@ -139,13 +138,12 @@ class Demo:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        inputs = self.adapter.processor.image_processor([image], return_tensors="pt")
+        inputs = self.transform(image)
         prepared = PreparedImage(
             image,
             torch.from_numpy(image).permute(2, 0, 1).contiguous(),
-            inputs["pixel_values"],
-            inputs.get("image_sizes"),
-            self.transform(image)["pad_meta"],
+            inputs["lmm_image"],
+            inputs["pad_meta"],
         )
         self._cache[key] = prepared
         while len(self._cache) > self.cache_size:
@@ -177,22 +175,21 @@ class Demo:
         if question is None and not phrases:
             raise ValueError("give a question, phrases to ground, or both")
         prepared = self.prepare(image)
-        answer, prompt = None, self.adapter.prompt_template
+        answer, prompt = None, self.adapter.prompt()
         if question is not None:
-            prompt = question_prompt(question, self.adapter.processor.image_token, self.question_template)
+            if not question.strip():
+                raise ValueError("the question is empty")
+            asked = f"{question.strip()} {self.question_suffix}".strip()
+            prompt = self.adapter.prompt(asked)
             answer = generate_answer(
-                self.adapter,
-                prepared.pixel_values,
-                prepared.image_sizes,
-                prompt,
-                settings or GenerationSettings(),
+                self.adapter, prepared.lmm_image, prompt, settings or GenerationSettings()
             )
         text, spans, kind = answer or "", None, "phrases"
         if phrases:
             spans = locate_phrases(text, phrases) if answer else None
             if spans is None:
                 text, spans = join_phrases(list(phrases))
-                prompt = self.adapter.prompt_template
+                prompt = self.adapter.prompt()
         elif source == "answer" or (source == "auto" and self.selector is None):
             spans, kind = answer_span(text), "answer"
         else:
@@ -209,14 +206,10 @@ class Demo:
         if not text.strip():
             return []
         adapter = self.adapter
-        encoded = adapter.encode_text(
-            [text], [[]], prepared.pixel_values, prepared.image_sizes, prompt_templates=[prompt]
-        )
+        encoded = adapter.encode_text([text], [[]], [prepared.lmm_image], prompts=[prompt])
         is_text = encoded.text_mask
         token_ids = (is_text.long().cumsum(dim=1) - 1).masked_fill(~is_text, -1)
-        lmm_out = adapter(
-            encoded.input_ids, encoded.attention_mask, token_ids, prepared.pixel_values, prepared.image_sizes
-        )
+        lmm_out = adapter(encoded.input_ids, encoded.attention_mask, token_ids, [prepared.lmm_image])
         offsets = [tuple(o) for o in encoded.text_offsets[0][is_text[0]].tolist()]
         token_hidden = lmm_out.hidden_states[:, 0]  # (T, L, D): one token per captured "phrase"
         if spans is None:

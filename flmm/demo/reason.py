@@ -16,8 +16,8 @@ from flmm.demo.answer import GenerationSettings
 from flmm.demo.pipeline import Demo
 from flmm.engine.evaluate import PhrasePredictions
 
-# The question, then a request for a short answer, in LLaVA-1.5's conversation format.
-REASON_TEMPLATE = "USER: <image>\n{question} Answer with a short phrase. ASSISTANT:"
+# Added after the question, in the model's chat template.
+SHORT_ANSWER = "Answer with a short phrase."
 
 
 class AnswerThenGround(nn.Module):

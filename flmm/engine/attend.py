@@ -28,7 +28,7 @@ from torch import nn
 from flmm.engine.build import build_adapter, build_text_component
 from flmm.engine.evaluate import PhrasePredictions
 from flmm.errors import ConfigError
-from flmm.lmm.base import LMMAdapter
+from flmm.lmm.adapter import LMMAdapter
 from flmm.models.mask_head import PAD_META_FIELDS, _meta_field, content_window, normalize_attention
 from flmm.models.sam_refiner import SamRefiner
 
@@ -145,12 +145,9 @@ class AttendAndSegment(nn.Module):
 
     def forward(self, batch: dict) -> PhrasePredictions:
         """A collated batch (`flmm.data.collate`) -> its phrases' masks (evaluation predictor)."""
-        image_sizes = batch.get("image_sizes")
-        encoded = self.adapter.encode_text(
-            batch["text"], batch["phrase_spans"], batch["pixel_values"], image_sizes
-        )
+        encoded = self.adapter.encode_text(batch["text"], batch["phrase_spans"], batch["lmm_image"])
         lmm_out = self.adapter(
-            encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, batch["pixel_values"], image_sizes
+            encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, batch["lmm_image"]
         )
         out = self.segment(lmm_out.attention, lmm_out.phrase_batch_index, batch["pad_meta"], batch["images"])
         return PhrasePredictions(out.masks)

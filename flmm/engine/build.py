@@ -13,11 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from flmm.builder import build_component
 from flmm.data.splits import missing_data_message, split_exists
-from flmm.data.transforms import LlavaPadTransform, ProcessorTransform
-from flmm.errors import FlmmError, MissingWeightsError
-from flmm.lmm.base import LMMAdapter
-from flmm.lmm.llava import LlavaAdapter
-from flmm.lmm.llava_next import LlavaNextAdapter
+from flmm.errors import ConfigError, FlmmError, MissingWeightsError
+from flmm.lmm.adapter import LMMAdapter
+from flmm.lmm.families import FAMILIES, adapter_for
 from flmm.lmm.loading import resolve_checkpoint
 from flmm.models.grounding import GroundingModel
 from flmm.models.mask_head import UNetMaskHead
@@ -27,8 +25,7 @@ from flmm.registry import LMM_ADAPTERS, MODELS
 
 # The built-in components; importing them is what registers them in the registries.
 BUILTIN_COMPONENTS = (
-    LlavaAdapter,
-    LlavaNextAdapter,
+    *FAMILIES,
     UNetMaskHead,
     SamRefiner,
     GroundingModel,
@@ -43,20 +40,20 @@ SAM_DOWNLOADS = {
 
 
 def build_adapter(cfg: DictConfig) -> LMMAdapter:
-    """The frozen LMM adapter of `cfg.model.lmm`."""
-    return build_component(LMM_ADAPTERS, "model.lmm", cfg.model.lmm)
-
-
-def attention_channels(adapter: LMMAdapter) -> int:
-    """C of the adapter's `(P, C, gh, gw)` attention: layers x heads, times the grids it concatenates."""
-    return adapter.num_layers * adapter.num_heads * adapter.grid_blocks
+    """The frozen LMM adapter of `cfg.model.lmm`: its `type` when given, else the family of `model`'s class
+    (`flmm.lmm.adapter_for`)."""
+    section = cfg.model.lmm
+    if section.get("type") is not None:
+        return build_component(LMM_ADAPTERS, "model.lmm", section)
+    kwargs = {k: v for k, v in OmegaConf.to_container(section, resolve=True).items() if k != "type"}
+    if "model" not in kwargs:
+        raise ConfigError("model.lmm: missing 'model' (a hub id or a checkpoint folder)")
+    return adapter_for(**kwargs)
 
 
 def build_grounding_model(cfg: DictConfig, adapter: LMMAdapter) -> GroundingModel:
     """Mask head (+ SAM refiner) sized for `adapter`: channels, hidden width and layer count come from it."""
-    head = build_component(
-        MODELS, "model.mask_head", cfg.model.mask_head, in_channels=attention_channels(adapter)
-    )
+    head = build_component(MODELS, "model.mask_head", cfg.model.mask_head, in_channels=adapter.channels)
     return GroundingModel(head, build_text_component(cfg, adapter, "refiner"))
 
 
@@ -66,7 +63,7 @@ def build_text_component(cfg: DictConfig, adapter: LMMAdapter, key: str):
     section = cfg.model.get(key)
     if section is None:
         return None
-    text = adapter.lmm.config.text_config
+    text = adapter.text_config()
     return build_component(
         MODELS,
         f"model.{key}",
@@ -74,15 +71,6 @@ def build_text_component(cfg: DictConfig, adapter: LMMAdapter, key: str):
         hidden_size=text.hidden_size,
         num_layers=text.num_hidden_layers,
     )
-
-
-def build_image_transform(adapter: LMMAdapter):
-    """The data layer's transform for this LMM: LLaVA-1.5 pad-to-square, or the model's own processor."""
-    image_processor = adapter.processor.image_processor
-    if adapter.frame != "pixel_values":
-        return ProcessorTransform(image_processor)
-    side = adapter.lmm.config.vision_config.image_size
-    return LlavaPadTransform(side, image_processor.image_mean, image_processor.image_std)
 
 
 def preflight(cfg: DictConfig, splits: list[str]) -> None:

@@ -18,7 +18,7 @@ class GroundingDataModule(pl.LightningDataModule):
     """Train: every split of `data.train_splits` under the `train` protocol, concatenated and shuffled.
     Validation: one loader per split of `data.val_splits` under `data.protocol`.
 
-    `transform` turns an RGB image into the LMM's inputs (see `flmm.engine.build.build_image_transform`).
+    `transform` turns an RGB image into the LMM's inputs (see `LMMAdapter.image_transform`).
     Samplers are made here, not by Lightning (run the Trainer with `use_distributed_sampler=False`): under
     DDP training shards with `EpochSampler` (fresh sentences every epoch), evaluation with `ShardSampler`,
     which never repeats a query.

@@ -38,7 +38,8 @@ from flmm.config import FlmmConfig, load_config
 from flmm.data.collate import collate_grounding
 from flmm.data.datasets import GroundingDataset
 from flmm.data.splits import build_split_dataset, default_eval_splits, parse_split
-from flmm.engine.build import build_image_transform, config_to_dict
+from flmm.engine.build import config_to_dict
+from flmm.engine.callbacks import progress_reporting
 from flmm.engine.metrics import PngRecallMetrics, ResMetrics, binarize, intersection_union
 from flmm.engine.module import GroundingModule, check_checkpoint_fits, read_checkpoint
 from flmm.engine.report import QueryRecord, ReportWriter
@@ -292,7 +293,7 @@ def evaluate(
     Args:
         module: the grounding model; may be None when a predictor that needs no model is given.
         cfg: the resolved config: `data` (root, batch size, workers) and `train` (accelerator, devices,
-            num_nodes, strategy, precision, progress_bar) are used.
+            num_nodes, strategy, precision, progress_bar, progress_every_n_steps) are used.
         splits: `DATASET:SPLIT` names; default `resolve_splits`.
         protocols: RES protocols; PNG splits always use `narrative`.
         predictor: batch -> `PhrasePredictions`; default `ModelPredictor(module)`.
@@ -310,10 +311,11 @@ def evaluate(
         # A pickled transformers model misses state its __init__ registers, so spawned workers cannot run it.
         raise ConfigError(f"train.strategy={cfg.train.strategy} cannot run the model; use ddp")
     if transform is None and module is not None:
-        transform = build_image_transform(module.adapter)
+        transform = module.adapter.image_transform()
     tasks = eval_tasks(cfg.data, resolve_splits(cfg, splits), protocols, transform)
     out_dir = Path(out_dir)
     train = cfg.train
+    show_bar, progress = progress_reporting(train.progress_bar, train.progress_every_n_steps)
     trainer = pl.Trainer(
         accelerator=train.accelerator,
         devices=train.devices,
@@ -323,7 +325,8 @@ def evaluate(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=train.progress_bar,
+        enable_progress_bar=show_bar,
+        callbacks=progress,
         use_distributed_sampler=False,
         default_root_dir=out_dir,
     )

@@ -18,12 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
-from flmm.engine.build import (
-    attention_channels,
-    build_adapter,
-    build_grounding_model,
-    build_text_component,
-)
+from flmm.engine.build import build_adapter, build_grounding_model, build_text_component
 from flmm.engine.metrics import ResMetrics, binarize
 from flmm.errors import ConfigError, FlmmError
 from flmm.models.grounding import GroundingOutput
@@ -92,12 +87,12 @@ class GroundingModule(pl.LightningModule):
         The weights' name or folder is not part of it: the same LMM may move or be given as a hub id once
         and a local folder the next time.
         """
-        text = self.adapter.lmm.config.text_config
+        text = self.adapter.text_config()
         return {
-            "adapter": str(self.cfg.model.lmm.type),
+            "adapter": type(self.adapter).__name__,
             "num_layers": int(text.num_hidden_layers),
             "num_heads": int(text.num_attention_heads),
-            "attention_channels": attention_channels(self.adapter),
+            "attention_channels": self.adapter.channels,
             "hidden_size": int(text.hidden_size),
         }
 
@@ -120,16 +115,12 @@ class GroundingModule(pl.LightningModule):
                 "a batch for a model with a keyword selector (model.selector) needs 'phrases_select_words', "
                 "(B,) bool: whether each text's phrases are a selection of its words (see flmm.data.datasets)"
             )
-        image_sizes = batch.get("image_sizes")
-        encoded = self.adapter.encode_text(
-            batch["text"], batch["phrase_spans"], batch["pixel_values"], image_sizes
-        )
+        encoded = self.adapter.encode_text(batch["text"], batch["phrase_spans"], batch["lmm_image"])
         lmm_out = self.adapter(
             encoded.input_ids,
             encoded.attention_mask,
             encoded.phrase_ids,
-            batch["pixel_values"],
-            image_sizes,
+            batch["lmm_image"],
             text_mask=None if self.selector is None else encoded.text_mask,
         )
         image_index = lmm_out.phrase_batch_index.to(self.device)

@@ -1,30 +1,44 @@
-"""Frozen-LMM adapters: one interface (`LMMAdapter`), LLaVA-1.5 and LLaVA-NeXT implementations.
+"""Frozen-LMM adapters: one boundary (`LMMAdapter`), one file per family, `adapter_for` to pick one.
 
-`adapter.encode(images, texts, phrase_spans)` or `adapter.encode_text(...)` builds the inputs;
-`adapter(**batch)` returns an `LMMOutput` with per-phrase attention maps `(P, C, gh, gw)` and hidden states
-`(P, T, L, D)`. Adapters are registered in `flmm.registry.LMM_ADAPTERS`.
+`adapter = adapter_for("llava-hf/llava-1.5-7b-hf")` (or a folder, or a built model) picks the family from
+the model's class; `adapter.image_transform()` makes each image's `lmm_image`, `adapter.encode_text(...)`
+the tokens, and `adapter(input_ids, attention_mask, phrase_ids, lmm_images)` returns an `LMMOutput` with
+per-phrase token attention `(P, C, N)`, grid maps `(P, V*C, gh, gw)` and hidden states `(P, T, L, D)`.
+Adapters are registered in `flmm.registry.LMM_ADAPTERS`.
 """
 
 from flmm.errors import MissingWeightsError
-from flmm.lmm.base import CAPTURE_MODES, LMMAdapter, LMMOutput
+from flmm.lmm.adapter import CAPTURE_MODES, LMMAdapter, LMMImage, LMMOutput
 from flmm.lmm.capture import CAPTURE_ATTN_IMPLEMENTATION, AttentionRecorder, attention_rows
-from flmm.lmm.grid import GridLayout, GridMeta
-from flmm.lmm.llava import LlavaAdapter
-from flmm.lmm.llava_next import LlavaNextAdapter
+from flmm.lmm.families import (
+    FAMILIES,
+    LlavaAdapter,
+    LlavaNextAdapter,
+    Qwen2_5_VLAdapter,
+    Qwen2VLAdapter,
+    adapter_for,
+)
+from flmm.lmm.layout import GridMeta, ImageLayout, raster_cells
 from flmm.lmm.text import DEFAULT_PROMPT_TEMPLATE, EncodedText
 
 __all__ = [
     "CAPTURE_ATTN_IMPLEMENTATION",
     "CAPTURE_MODES",
     "DEFAULT_PROMPT_TEMPLATE",
+    "FAMILIES",
     "AttentionRecorder",
     "EncodedText",
-    "GridLayout",
     "GridMeta",
+    "ImageLayout",
     "LMMAdapter",
+    "LMMImage",
     "LMMOutput",
     "LlavaAdapter",
     "LlavaNextAdapter",
     "MissingWeightsError",
+    "Qwen2VLAdapter",
+    "Qwen2_5_VLAdapter",
+    "adapter_for",
     "attention_rows",
+    "raster_cells",
 ]

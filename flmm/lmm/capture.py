@@ -3,15 +3,16 @@
 Two ways to get the rows (DESIGN.md §2):
 - `eager`: the decoder runs transformers' eager attention and returns the full `(B, H, S, S)` probabilities;
   `select_rows` picks the phrase-token rows from them.
-- `hooked`: the decoder keeps the sdpa kernel. `CAPTURE_ATTN_IMPLEMENTATION` is a custom attention function
-  registered through transformers' public `AttentionInterface` (with sdpa's mask function under the same
-  name in `AttentionMaskInterface`); it calls `sdpa_attention_forward` with exactly the arguments it got,
-  so the model's outputs are bit-identical, and on the side hands the query and key states it received —
-  after rotary embedding and any q/k norm, whatever the architecture — to an `AttentionRecorder`, which
-  computes softmax(q k^T * scaling + causal/padding mask) for the phrase-token rows only
-  (`attention_rows`). Grouped-query attention is handled by viewing the query heads as
-  (kv_heads, heads per kv head), the layout of transformers' `repeat_kv`. Cost per layer:
-  `(B, H, T, S)` floats for T phrase tokens, never `S x S`.
+- `hooked`: the decoder keeps its plain kernel (sdpa). `CAPTURE_ATTN_IMPLEMENTATION` is a custom attention
+  function registered through transformers' public `AttentionInterface` (with sdpa's mask function under
+  the same name in `AttentionMaskInterface`); it calls `sdpa_attention_forward` with exactly the arguments
+  it got, so the model's outputs are bit-identical, and on the side hands the query and key states it
+  received — after rotary embedding (1-D or M-RoPE) and any q/k norm, whatever the architecture — to an
+  `AttentionRecorder`, which computes softmax(q k^T * scaling + causal/padding/sliding-window mask) for the
+  phrase-token rows only (`attention_rows`). Its name holds no "sdpa", so transformers does not run its
+  per-model sdpa support check on it (which refuses, e.g., soft-capped models). Grouped-query attention is
+  handled by viewing the query heads as (kv_heads, heads per kv head), the layout of transformers'
+  `repeat_kv`. Cost per layer: `(B, H, T, S)` floats for T phrase tokens, never `S x S`.
 
 Both paths then keep the image-token columns and average the rows over each phrase's tokens right away
 (`reduce_rows`), so what stays in memory per layer is `(B, P_max, H, N)`.
@@ -30,7 +31,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-CAPTURE_ATTN_IMPLEMENTATION = "flmm_sdpa_capture"
+from flmm.errors import ConfigError
+
+CAPTURE_ATTN_IMPLEMENTATION = "flmm_capture"
 
 # attention module -> (recorder, layer index), only while a `record` block runs: copies of a recorder
 # (deepcopy, pickling to DDP workers) then attach to their own modules, and nothing outlives the block.
@@ -59,12 +62,14 @@ def attention_rows(
     query_pos: torch.Tensor,
     key_valid: torch.Tensor,
     scaling: float,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Causal attention probabilities of selected query rows, in float32.
 
     query: `(B, H, S, d)`; key: `(B, H_kv, S, d)` with H a multiple of H_kv; query_pos: `(B, T)` long;
-    key_valid: `(B, S)` bool. Returns `(B, H, T, S)`: row t puts zero mass on keys after query_pos[:, t]
-    and on padding keys.
+    key_valid: `(B, S)` bool; sliding_window: keys within this many positions of the query (transformers'
+    convention: key > query - window), None for all. Returns `(B, H, T, S)`: row t puts zero mass on keys
+    after query_pos[:, t], outside the window and on padding keys.
     """
     batch, heads, seq, dim = query.shape
     kv_heads = key.shape[1]
@@ -75,6 +80,8 @@ def attention_rows(
     scores = scores.view(batch, heads, tokens, seq)
     positions = torch.arange(seq, device=query.device)
     allowed = (positions[None, None, :] <= query_pos[:, :, None]) & key_valid[:, None, :]
+    if sliding_window is not None:
+        allowed &= positions[None, None, :] > query_pos[:, :, None] - sliding_window
     return scores.masked_fill(~allowed[:, None], float("-inf")).softmax(dim=-1)
 
 
@@ -125,14 +132,8 @@ class AttentionRecorder:
     ) -> None:
         """Called by the capture attention function, inside `record`, with the states layer `layer` uses."""
         request = self._request
-        seq = key.shape[2]
-        if window is not None and window < seq:
-            raise NotImplementedError(
-                f"hooked capture computes full causal rows, but layer {layer} uses sliding-window attention "
-                f"(window {window} < sequence {seq}); use capture='eager' for this model"
-            )
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        rows = attention_rows(query, key, request.query_pos, request.key_valid, scale)
+        rows = attention_rows(query, key, request.query_pos, request.key_valid, scale, window)
         self._maps[layer] = reduce_rows(rows, request)
 
 
@@ -150,6 +151,13 @@ def _sdpa_with_capture(
         with torch.no_grad():
             recorder.observe(layer, query, key, kwargs.get("scaling"), kwargs.get("sliding_window"))
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def capture_implementation(plain: str) -> str:
+    """The attention implementation name hooked capture runs under, for a family's plain kernel."""
+    if plain != "sdpa":
+        raise ConfigError(f"hooked capture wraps the sdpa kernel; plain_attention={plain!r} is not supported")
+    return CAPTURE_ATTN_IMPLEMENTATION
 
 
 AttentionInterface.register(CAPTURE_ATTN_IMPLEMENTATION, _sdpa_with_capture)

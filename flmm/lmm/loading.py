@@ -7,13 +7,14 @@ local Hugging Face cache only; a missing folder, a folder without weights, or an
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 import torch
 from huggingface_hub import constants, is_offline_mode, snapshot_download
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, PreTrainedModel, ProcessorMixin
 
 from flmm.errors import ConfigError, MissingWeightsError
 
@@ -78,6 +79,56 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, local_files_only: bool |
     return str(folder)
 
 
+def without_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """`processor_class` accepting `video_processor=None`.
+
+    Processors with a video slot (Qwen2/2.5/3-VL, LLaVA-OneVision, InternVL, ...) refuse to be built
+    without a video processor, and every video processor needs torchvision, which many machines lack
+    (DESIGN.md §6). Images never go through the video processor, so an image-only processor is sound.
+    """
+
+    class ImageOnly(processor_class):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
+    return ImageOnly
+
+
+def load_processor(source: str, offline: bool) -> ProcessorMixin:
+    """The checkpoint's processor; without torchvision, built from its tokenizer and image processor
+    (`AutoImageProcessor` falls back to the PIL image processors) with no video processor."""
+    try:
+        return AutoProcessor.from_pretrained(source, local_files_only=offline)
+    except (ImportError, ValueError, TypeError, AttributeError) as err:
+        if "video" not in str(err).lower() and "torchvision" not in str(err).lower():
+            raise
+    import transformers
+
+    config = AutoImageProcessor.from_pretrained(source, local_files_only=offline)
+    name = getattr(config, "processor_class", None) or _processor_class_name(source)
+    processor_class = getattr(transformers, name)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+    template = getattr(tokenizer, "chat_template", None)
+    return without_video(processor_class)(
+        image_processor=config, tokenizer=tokenizer, video_processor=None, chat_template=template
+    )
+
+
+def _processor_class_name(source: str) -> str:
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        path = Path(source) / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get("processor_class")
+            if value:
+                return value
+    raise MissingWeightsError(
+        f"{source}: no processor_class in its processor files; cannot build its processor"
+    )
+
+
 def load_pretrained(
     model_class: type[PreTrainedModel],
     name_or_path: str | os.PathLike,
@@ -89,7 +140,7 @@ def load_pretrained(
     offline = bool(local_files_only) or is_offline_mode()
     try:
         model = model_class.from_pretrained(source, dtype=dtype, local_files_only=offline)
-        processor = AutoProcessor.from_pretrained(source, local_files_only=offline)
+        processor = load_processor(source, offline)
     except OSError as err:
         raise MissingWeightsError(
             f"could not load LMM {os.fspath(name_or_path)!r} ({source}): {err}. Check the hub id, or "

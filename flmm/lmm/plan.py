@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from flmm.lmm.capture import CaptureRequest
-from flmm.lmm.grid import GridLayout
+from flmm.lmm.layout import ImageLayout
 
 
 @dataclass
@@ -46,7 +46,7 @@ def plan_batch(
     attention_mask: torch.Tensor,
     phrase_ids: torch.Tensor,
     image_token_id: int,
-    layouts: Sequence[GridLayout],
+    layouts: Sequence[ImageLayout],
 ) -> BatchPlan:
     """Build the plan; ValueError when shapes disagree, image-token counts do not match `layouts`, or a
     phrase index in 0..max has no token."""

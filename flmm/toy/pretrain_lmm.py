@@ -31,7 +31,7 @@ REPORT_FILE = "pretrain_report.json"
 
 
 def image_transform(processor: LlavaProcessor, side: int) -> LlavaPadTransform:
-    """The grounding pipeline's own transform for this model (`flmm.engine.build.build_image_transform`)."""
+    """The grounding pipeline's own transform for this model (`LMMAdapter.image_transform`)."""
     image_processor = processor.image_processor
     return LlavaPadTransform(side, image_processor.image_mean, image_processor.image_std)
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from flmm.data.collate import collate_grounding
-from flmm.lmm.base import LMMAdapter
+from flmm.lmm.adapter import LMMAdapter
 from flmm.models.mask_head import normalize_attention
 
 RELATION = re.compile(r"\b(above|below|under|underneath|left of|right of|next to|near|close to)\b")
@@ -59,11 +59,12 @@ def probe_grounding(
     for batch in tqdm(loader, desc="probing", disable=not progress):
         if batch is None:
             continue
-        encoded = adapter.encode_text(batch["text"], batch["phrase_spans"], batch["pixel_values"])
-        out = adapter(encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, batch["pixel_values"])
+        encoded = adapter.encode_text(batch["text"], batch["phrase_spans"], batch["lmm_image"])
+        out = adapter(encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, batch["lmm_image"])
         maps = normalize_attention(out.attention.float())
         p, _, gh, gw = maps.shape
-        per_layer = maps.view(p, adapter.num_layers, -1, gh, gw).mean(2)
+        # channel = view * L*H + layer * H + head: average views and heads, keep layers
+        per_layer = maps.view(p, -1, adapter.num_layers, adapter.num_heads, gh, gw).mean(dim=(1, 3))
         phrases = [(b, k) for b, masks in enumerate(batch["masks"]) for k in range(len(masks))]
         for row, (b, k) in enumerate(phrases):
             touched = cell_hits(batch["masks"][b][k].numpy(), (gh, gw), batch["pad_meta"][b])
