@@ -139,7 +139,10 @@ def test_llava_next_maps_have_base_and_anyres_channels(next_dir):
     eager = LlavaNextAdapter(next_dir, capture="eager")
     batch = hooked.encode(_images(), TEXTS, SPANS, padding_side="left")
     # base crop + 2 x 2 tiles for the wide image, base + 2 x 1 for the tall one
-    assert [tuple(image["pixel_values"].shape) for image in batch["images"]] == [(5, 3, 32, 32), (3, 3, 32, 32)]
+    assert [tuple(image["pixel_values"].shape) for image in batch["images"]] == [
+        (5, 3, 32, 32),
+        (3, 3, 32, 32),
+    ]
 
     out = hooked(**batch)
 

@@ -82,6 +82,9 @@ RULES: dict[str, Rule] = {
     ".venv/bin/python tools/pretrain_toy_lmm.py --out DIR": Rule("ok", shrink=TINY_LMM),
     ".venv/bin/python tools/pretrain_toy_sam.py --out FILE": Rule("ok", shrink=TINY_SAM),
     ".venv/bin/python tools/sweep_seeds.py configs/flmm_toy.yaml --seeds 0 1 2": Rule("ok", shrink=TINY_RUN),
+    ".venv/bin/python tools/train.py configs/flmm_qwen2_5_vl_7b.yaml": Rule(
+        "refuses", r"Qwen/Qwen2\.5-VL-7B"
+    ),
 }
 
 

@@ -10,14 +10,10 @@ Adapters are registered in `flmm.registry.LMM_ADAPTERS`.
 from flmm.errors import MissingWeightsError
 from flmm.lmm.adapter import CAPTURE_MODES, LMMAdapter, LMMImage, LMMOutput
 from flmm.lmm.capture import CAPTURE_ATTN_IMPLEMENTATION, AttentionRecorder, attention_rows
-from flmm.lmm.families import (
-    FAMILIES,
-    LlavaAdapter,
-    LlavaNextAdapter,
-    Qwen2_5_VLAdapter,
-    Qwen2VLAdapter,
-    adapter_for,
-)
+from flmm.lmm.families import FAMILIES, adapter_for
+from flmm.lmm.families.llava import LlavaAdapter
+from flmm.lmm.families.llava_next import LlavaNextAdapter
+from flmm.lmm.families.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from flmm.lmm.layout import GridMeta, ImageLayout, raster_cells
 from flmm.lmm.text import DEFAULT_PROMPT_TEMPLATE, EncodedText
 

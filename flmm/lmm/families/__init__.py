@@ -1,24 +1,42 @@
 """The LMM families, one file each, and `adapter_for`, which picks a family from a model or checkpoint.
 
-Importing this package registers every family adapter in `flmm.registry.LMM_ADAPTERS`.
+Every module of this package is imported here, which registers its adapters in
+`flmm.registry.LMM_ADAPTERS`; `FAMILIES` is every concrete adapter class they define, so a new family is
+one new file.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 from pathlib import Path
 
 from transformers import PreTrainedModel, ProcessorMixin
 
 from flmm.errors import ConfigError
 from flmm.lmm.adapter import LMMAdapter
-from flmm.lmm.families.llava import LlavaAdapter
-from flmm.lmm.families.llava_next import LlavaNextAdapter
-from flmm.lmm.families.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from flmm.lmm.loading import resolve_checkpoint
 
-FAMILIES: tuple[type[LMMAdapter], ...] = (LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter)
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+FAMILIES: tuple[type[LMMAdapter], ...] = tuple(
+    sorted(
+        (
+            c
+            for c in _subclasses(LMMAdapter)
+            if c.__module__.startswith(__name__) and "model_class" in vars(c)
+        ),
+        key=lambda c: c.__name__,
+    )
+)
 
 
 def family_of(architecture: str) -> type[LMMAdapter]:
@@ -55,19 +73,10 @@ def adapter_for(
     Other keyword arguments go to the adapter (`torch_dtype`, `padding_side`, `describe`, ...).
     """
     if isinstance(model, PreTrainedModel):
-        family = next((f for f in FAMILIES if type(model) is f.model_class), None)
-        if family is None:
-            family = family_of(type(model).__name__)
+        family = family_of(type(model).__name__)
     else:
         family = family_of(_architecture(model, local_files_only))
     return family(model, capture=capture, processor=processor, local_files_only=local_files_only, **kwargs)
 
 
-__all__ = [
-    "FAMILIES",
-    "LlavaAdapter",
-    "LlavaNextAdapter",
-    "Qwen2VLAdapter",
-    "Qwen2_5_VLAdapter",
-    "adapter_for",
-]
+__all__ = ["FAMILIES", "adapter_for", "family_of"]

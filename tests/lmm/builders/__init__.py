@@ -1,0 +1,51 @@
+"""Tiny offline instances of every LMM family for the conformance kit, one module per family.
+
+Each module defines `BUILDERS: {name: folder -> TinyFamily}`: the real transformers classes at small sizes,
+a locally trained word-level tokenizer holding the family's special tokens (`flmm.lmm.tiny.build_tokenizer`)
+and the family's own torchvision-free image processor. Every module here is collected into `BUILDERS`, so
+adding a family to the kit is one new module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, ProcessorMixin
+
+# Decoder sizes every tiny family shares: grouped-query attention (4 heads, 2 kv heads), peaky random weights.
+TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "initializer_range": 0.2}  # fmt: skip
+CORPUS = ["please give me a description of the image", "describe user assistant system what is this"]
+
+
+@dataclass
+class TinyFamily:
+    """A family's tiny model and processor; `image_hw` is an image size its processor keeps as it is (no
+    resize), so an image region maps to cells exactly."""
+
+    name: str
+    model: PreTrainedModel
+    processor: ProcessorMixin
+    image_hw: tuple[int, int]
+
+
+def seeded(build: Callable[[], PreTrainedModel]) -> PreTrainedModel:
+    """`build()` under seed 0 on a private RNG stream, in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build().eval()
+
+
+def _collect() -> dict[str, Callable[[Path], TinyFamily]]:
+    builders: dict[str, Callable[[Path], TinyFamily]] = {}
+    for module in pkgutil.iter_modules(__path__):
+        builders.update(importlib.import_module(f"{__name__}.{module.name}").BUILDERS)
+    return builders
+
+
+BUILDERS = _collect()
