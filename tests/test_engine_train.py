@@ -130,6 +130,20 @@ def test_smoke_train_writes_checkpoint_logs_and_overlays(smoke_run: Path):
     assert sorted(p.name for p in (smoke_run / "overlays" / "epoch_000").glob("*.png")) == ["0.png", "1.png"]
 
 
+def test_a_run_logged_to_a_file_prints_its_progress(toy_world: ToyWorld, tmp_path: Path, capsys):
+    """Captured stdout is not a terminal, as under nohup or SLURM: plain lines instead of a bar."""
+    argv = [str(TOY_CONFIG), *toy_overrides(toy_world, tmp_path / "run"), "train.progress_every_n_steps=1"]
+    assert load_tool("train").main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line for line in lines if line.startswith("train epoch 1/1 loss")]
+    assert [line.split(" step ")[1].split(" ")[0] for line in steps] == [
+        f"{s}/{TRAIN_STEPS}" for s in (1, 2, 3)
+    ]
+    assert all("samples/s" in line and "elapsed" in line for line in steps) and "eta" in steps[0]
+    assert any(line.startswith("val epoch 1: refcoco:val/cIoU") for line in lines)
+    assert any(line.startswith("train epoch 1/1 done | mean loss") for line in lines)
+
+
 def test_checkpoint_holds_trainable_weights_config_and_identity(smoke_run: Path):
     checkpoint = load_checkpoint(smoke_run / "checkpoints" / "last.ckpt")
     keys = list(checkpoint["state_dict"])

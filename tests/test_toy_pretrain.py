@@ -154,3 +154,10 @@ def test_short_sam_pretraining_saves_a_loadable_checkpoint(tmp_path: Path):
     assert set(report["held_out"]) == {"mIoU_point", "mIoU_box"}
     recipe = load_recipe(SamRecipe, REPO_ROOT / "configs" / "toy_sam.yaml", [*SAM_TINY, "steps=3"])
     assert report["recipe"] == vars(recipe)
+
+
+def test_pretraining_logged_to_a_file_prints_plain_progress_lines(tmp_path: Path, capsys):
+    argv = ["--out", str(tmp_path / "sam.pth"), "--config", str(REPO_ROOT / "configs" / "toy_sam.yaml")]
+    assert load_tool("pretrain_toy_sam").main([*argv, "--steps", "3", *SAM_TINY]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pretraining toy SAM")]
+    assert len(lines) == 1 and "step 3/3" in lines[0] and "samples/s" in lines[0]

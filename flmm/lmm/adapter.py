@@ -27,7 +27,7 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 from flmm.errors import ConfigError
 from flmm.lmm.capture import AttentionRecorder, capture_implementation, reduce_rows, select_rows
 from flmm.lmm.layout import GridMeta, ImageLayout, stack_layouts
-from flmm.lmm.loading import load_pretrained, resolve_dtype
+from flmm.lmm.loading import load_pretrained, load_processor, resolve_dtype
 from flmm.lmm.plan import BatchPlan, plan_batch, position_ids_from_mask, positions_first
 from flmm.lmm.text import DESCRIBE, EncodedText, Span, chat_prompt, check_spans, encode_prompts, join_prompt
 
@@ -114,7 +114,12 @@ class LMMAdapter(nn.Module):
             lmm = model if torch_dtype is None else model.to(resolve_dtype(torch_dtype))
         else:
             lmm, loaded = load_pretrained(
-                self.model_class, model, resolve_dtype(torch_dtype or "float32"), local_files_only
+                self.model_class,
+                model,
+                resolve_dtype(torch_dtype or "float32"),
+                local_files_only,
+                # A given processor is kept (and no other loaded); else the family's loader builds one.
+                self.load_processor if processor is None else (lambda source, offline: processor),
             )
             processor = processor or loaded
         if not isinstance(lmm, self.model_class):
@@ -140,6 +145,11 @@ class LMMAdapter(nn.Module):
 
     # ---- what a family declares -------------------------------------------------------------------------
     text_config_key: ClassVar[str] = "text_config"
+
+    @classmethod
+    def load_processor(cls, source: str, offline: bool) -> ProcessorMixin:
+        """The processor of a checkpoint folder (`flmm.lmm.loading.load_processor` unless a family says)."""
+        return load_processor(source, offline)
 
     def check_model(self) -> None:
         """Refuse a configuration the family's layout does not describe (ConfigError)."""
@@ -172,9 +182,15 @@ class LMMAdapter(nn.Module):
         return {}
 
     @property
+    def tower_side(self) -> int:
+        """Patches per side of the vision tower's square input (`image_size / patch_size`)."""
+        vision = self.lmm.config.vision_config
+        return vision.image_size // vision.patch_size
+
+    @property
     def grid_size(self) -> tuple[int, int]:
-        """(gh, gw) of the attention maps the head gets."""
-        raise NotImplementedError
+        """(gh, gw) of the attention maps the head gets; default the tower's square patch grid."""
+        return (self.tower_side, self.tower_side)
 
     # ---- shared ------------------------------------------------------------------------------------------
     @property
@@ -295,6 +311,10 @@ class LMMAdapter(nn.Module):
         inputs.update(use_cache=False, output_hidden_states=True, logits_to_keep=1)
         maps, outputs = self._run(inputs, plan)
         per_phrase = torch.stack(maps, dim=2).flatten(2, 3)[plan.phrase_batch_index, plan.phrase_local]
+        # A sample with fewer image tokens than N_max has its image positions padded with other positions.
+        counts = torch.tensor([layout.num_tokens for layout in layouts], device=per_phrase.device)
+        columns = torch.arange(per_phrase.shape[-1], device=per_phrase.device)
+        per_phrase = per_phrase * (columns < counts[plan.phrase_batch_index, None])[:, None, :]
         grid = self.grid_size
         attention = torch.cat(
             [

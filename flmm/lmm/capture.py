@@ -3,14 +3,16 @@
 Two ways to get the rows (DESIGN.md §2):
 - `eager`: the decoder runs transformers' eager attention and returns the full `(B, H, S, S)` probabilities;
   `select_rows` picks the phrase-token rows from them.
-- `hooked`: the decoder keeps its plain kernel (sdpa). `CAPTURE_ATTN_IMPLEMENTATION` is a custom attention
-  function registered through transformers' public `AttentionInterface` (with sdpa's mask function under
-  the same name in `AttentionMaskInterface`); it calls `sdpa_attention_forward` with exactly the arguments
-  it got, so the model's outputs are bit-identical, and on the side hands the query and key states it
-  received — after rotary embedding (1-D or M-RoPE) and any q/k norm, whatever the architecture — to an
-  `AttentionRecorder`, which computes softmax(q k^T * scaling + causal/padding/sliding-window mask) for the
-  phrase-token rows only (`attention_rows`). Its name holds no "sdpa", so transformers does not run its
-  per-model sdpa support check on it (which refuses, e.g., soft-capped models). Grouped-query attention is
+- `hooked`: the decoder keeps its plain kernel (sdpa, or eager where sdpa refuses the model).
+  `CAPTURE_ATTN_IMPLEMENTATION` (`CAPTURE_EAGER_IMPLEMENTATION`) is a custom attention function registered
+  through transformers' public `AttentionInterface` (with sdpa's (eager's) mask function under the same
+  name in `AttentionMaskInterface`); it calls `sdpa_attention_forward` (the model's own
+  `eager_attention_forward`) with exactly the arguments it got, so the model's outputs are bit-identical,
+  and on the side hands the query and key states it received — after rotary embedding (1-D or M-RoPE) and
+  any q/k norm, whatever the architecture — to an `AttentionRecorder`, which computes
+  softmax(softcap(q k^T * scaling) + causal/padding/sliding-window mask) for the phrase-token rows only
+  (`attention_rows`). The names hold no "sdpa", so transformers does not run its per-model sdpa support
+  check on them (which refuses, e.g., soft-capped models). Grouped-query attention is
   handled by viewing the query heads as (kv_heads, heads per kv head), the layout of transformers'
   `repeat_kv`. Cost per layer: `(B, H, T, S)` floats for T phrase tokens, never `S x S`.
 
@@ -20,6 +22,7 @@ Both paths then keep the image-token columns and average the rows over each phra
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,11 +32,12 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from flmm.errors import ConfigError
 
 CAPTURE_ATTN_IMPLEMENTATION = "flmm_capture"
+CAPTURE_EAGER_IMPLEMENTATION = "flmm_capture_eager"
 
 # attention module -> (recorder, layer index), only while a `record` block runs: copies of a recorder
 # (deepcopy, pickling to DDP workers) then attach to their own modules, and nothing outlives the block.
@@ -63,13 +67,15 @@ def attention_rows(
     key_valid: torch.Tensor,
     scaling: float,
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention probabilities of selected query rows, in float32.
 
     query: `(B, H, S, d)`; key: `(B, H_kv, S, d)` with H a multiple of H_kv; query_pos: `(B, T)` long;
     key_valid: `(B, S)` bool; sliding_window: keys within this many positions of the query (transformers'
-    convention: key > query - window), None for all. Returns `(B, H, T, S)`: row t puts zero mass on keys
-    after query_pos[:, t], outside the window and on padding keys.
+    convention: key > query - window), None for all; softcap: scores become tanh(s / softcap) * softcap
+    before masking (Gemma 2's attention soft-capping), None for none. Returns `(B, H, T, S)`: row t puts
+    zero mass on keys after query_pos[:, t], outside the window and on padding keys.
     """
     batch, heads, seq, dim = query.shape
     kv_heads = key.shape[1]
@@ -78,6 +84,8 @@ def attention_rows(
     rows = rows.reshape(batch, kv_heads, (heads // kv_heads) * tokens, dim)
     scores = torch.matmul(rows, key.float().transpose(-1, -2)) * scaling
     scores = scores.view(batch, heads, tokens, seq)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     positions = torch.arange(seq, device=query.device)
     allowed = (positions[None, None, :] <= query_pos[:, :, None]) & key_valid[:, None, :]
     if sliding_window is not None:
@@ -128,13 +136,29 @@ class AttentionRecorder:
             self._maps = []
 
     def observe(
-        self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float | None, window: int | None
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        scaling: float | None,
+        window: int | None,
+        softcap: float | None = None,
     ) -> None:
         """Called by the capture attention function, inside `record`, with the states layer `layer` uses."""
         request = self._request
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        rows = attention_rows(query, key, request.query_pos, request.key_valid, scale, window)
+        rows = attention_rows(query, key, request.query_pos, request.key_valid, scale, window, softcap)
         self._maps[layer] = reduce_rows(rows, request)
+
+
+def _observe(module: nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
+    entry = _RECORDERS.get(module)
+    if entry is not None:
+        recorder, layer = entry
+        with torch.no_grad():
+            recorder.observe(
+                layer, query, key, kwargs.get("scaling"), kwargs.get("sliding_window"), kwargs.get("softcap")
+            )
 
 
 def _sdpa_with_capture(
@@ -145,20 +169,38 @@ def _sdpa_with_capture(
     attention_mask: torch.Tensor | None,
     **kwargs,
 ):
-    entry = _RECORDERS.get(module)
-    if entry is not None:
-        recorder, layer = entry
-        with torch.no_grad():
-            recorder.observe(layer, query, key, kwargs.get("scaling"), kwargs.get("sliding_window"))
+    _observe(module, query, key, kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _eager_with_capture(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+):
+    # Eager attention is each model's own function (soft-capping, sinks, ...), the one transformers falls
+    # back to in the module's modeling file: call exactly that one.
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    _observe(module, query, key, kwargs)
+    return eager(module, query, key, value, attention_mask, **kwargs)
+
+
+_CAPTURE_IMPLEMENTATIONS = {"sdpa": CAPTURE_ATTN_IMPLEMENTATION, "eager": CAPTURE_EAGER_IMPLEMENTATION}
 
 
 def capture_implementation(plain: str) -> str:
     """The attention implementation name hooked capture runs under, for a family's plain kernel."""
-    if plain != "sdpa":
-        raise ConfigError(f"hooked capture wraps the sdpa kernel; plain_attention={plain!r} is not supported")
-    return CAPTURE_ATTN_IMPLEMENTATION
+    if plain not in _CAPTURE_IMPLEMENTATIONS:
+        raise ConfigError(
+            f"hooked capture wraps the sdpa or eager kernel; plain_attention={plain!r} is not supported"
+        )
+    return _CAPTURE_IMPLEMENTATIONS[plain]
 
 
 AttentionInterface.register(CAPTURE_ATTN_IMPLEMENTATION, _sdpa_with_capture)
 AttentionMaskInterface.register(CAPTURE_ATTN_IMPLEMENTATION, sdpa_mask)
+AttentionInterface.register(CAPTURE_EAGER_IMPLEMENTATION, _eager_with_capture)
+AttentionMaskInterface.register(CAPTURE_EAGER_IMPLEMENTATION, eager_mask)

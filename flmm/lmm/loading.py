@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -113,8 +114,23 @@ def load_processor(source: str, offline: bool) -> ProcessorMixin:
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
     template = getattr(tokenizer, "chat_template", None)
     return without_video(processor_class)(
-        image_processor=config, tokenizer=tokenizer, video_processor=None, chat_template=template
+        image_processor=config,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=template,
+        **_saved_processor_kwargs(source),
     )
+
+
+def _saved_processor_kwargs(source: str) -> dict:
+    """The processor's own settings saved beside its parts (processor_config.json: LLaVA-OneVision's
+    num_image_tokens and feature strategy, InternVL's image_seq_length, ...), which building the processor
+    from its parts would otherwise lose; its class and chat template are passed on their own."""
+    path = Path(source) / "processor_config.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    return {k: v for k, v in saved.items() if k not in ("processor_class", "auto_map", "chat_template")}
 
 
 def _processor_class_name(source: str) -> str:
@@ -134,13 +150,16 @@ def load_pretrained(
     name_or_path: str | os.PathLike,
     dtype: torch.dtype,
     local_files_only: bool | None = None,
+    processor_loader: Callable[[str, bool], ProcessorMixin] | None = None,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load `model_class` and its processor from a hub id or folder (see `resolve_checkpoint`)."""
+    """Load `model_class` and its processor from a hub id or folder (see `resolve_checkpoint`);
+    `processor_loader(source, offline)` replaces `load_processor` (a family whose processor class needs
+    what the machine lacks, e.g. Pixtral's torchvision)."""
     source = resolve_checkpoint(name_or_path, local_files_only)
     offline = bool(local_files_only) or is_offline_mode()
     try:
         model = model_class.from_pretrained(source, dtype=dtype, local_files_only=offline)
-        processor = load_processor(source, offline)
+        processor = (processor_loader or load_processor)(source, offline)
     except OSError as err:
         raise MissingWeightsError(
             f"could not load LMM {os.fspath(name_or_path)!r} ({source}): {err}. Check the hub id, or "

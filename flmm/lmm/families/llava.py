@@ -35,15 +35,6 @@ class LlavaAdapter(LMMAdapter):
                 f"got {strategy!r}"
             )
 
-    @property
-    def _side(self) -> int:
-        vision = self.lmm.config.vision_config
-        return vision.image_size // vision.patch_size
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return (self._side, self._side)
-
     def image_transform(self) -> LMMInputs:
         image_processor = self._processor().image_processor
         size = self.lmm.config.vision_config.image_size
@@ -55,7 +46,7 @@ class LlavaAdapter(LMMAdapter):
             raise ValueError(
                 f"pixel_values must be (3, {size}, {size}), got {tuple(image['pixel_values'].shape)}"
             )
-        side = self._side
+        side = self.tower_side
         return ImageLayout(raster_cells(side, side), ((side, side),))
 
     def vision_inputs(self, images: Sequence[LMMImage]) -> dict[str, torch.Tensor]:

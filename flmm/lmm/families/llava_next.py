@@ -17,36 +17,20 @@ from transformers.models.llava_next.modeling_llava_next import get_anyres_image_
 
 from flmm.data.collate import stack_padded
 from flmm.data.transforms import LMMInputs, ProcessorTransform
-from flmm.errors import ConfigError
-from flmm.lmm.adapter import LMMAdapter, LMMImage
+from flmm.lmm.adapter import LMMImage
+from flmm.lmm.families.llava import LlavaAdapter
 from flmm.lmm.layout import ImageLayout, raster_cells
 from flmm.registry import LMM_ADAPTERS
 
 
 @LMM_ADAPTERS.register_module()
-class LlavaNextAdapter(LMMAdapter):
+class LlavaNextAdapter(LlavaAdapter):
     """Frozen `LlavaNextForConditionalGeneration`: per image `pixel_values (n_crops, 3, s, s)` (crop 0 = the
-    whole image resized to s x s) and `image_sizes (2,)` (original height, width); C = 2 x L x H."""
+    whole image resized to s x s) and `image_sizes (2,)` (original height, width); C = 2 x L x H. The
+    feature strategy check and the base grid are LLaVA-1.5's."""
 
     model_class = LlavaNextForConditionalGeneration
     num_views = 2
-
-    def check_model(self) -> None:
-        strategy = self.lmm.config.vision_feature_select_strategy
-        if strategy != "default":
-            raise ConfigError(
-                "vision_feature_select_strategy must be 'default' (CLS dropped, one token per patch), "
-                f"got {strategy!r}"
-            )
-
-    @property
-    def _side(self) -> int:
-        vision = self.lmm.config.vision_config
-        return vision.image_size // vision.patch_size
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return (self._side, self._side)
 
     def image_transform(self) -> LMMInputs:
         return LMMInputs(ProcessorTransform(self._processor().image_processor))
@@ -56,16 +40,21 @@ class LlavaNextAdapter(LMMAdapter):
             raise ValueError(
                 "LLaVA-NeXT needs pixel_values (n_crops, 3, s, s) and image_sizes (2,) per image"
             )
+        side = self.tower_side
+        height, width = self.unpadded_grid(image)
+        cells = torch.cat([raster_cells(side, side), raster_cells(height, width, view=1, row_break=True)])
+        return ImageLayout(cells, ((side, side), (height, width)))
+
+    def unpadded_grid(self, image: LMMImage) -> tuple[int, int]:
+        """(rows, cols) of the any-res tiles' token grid, unpadded to the image's aspect as the model does."""
         config = self.lmm.config
-        side = self._side
+        side = self.tower_side
         size = image["image_sizes"].tolist()
         rows, cols = get_anyres_image_grid_shape(
             size, config.image_grid_pinpoints, config.vision_config.image_size
         )
         unpadded = unpad_image(torch.empty(0, rows * side, cols * side), size)
-        height, width = unpadded.shape[1], unpadded.shape[2]
-        cells = torch.cat([raster_cells(side, side), raster_cells(height, width, view=1, row_break=True)])
-        return ImageLayout(cells, ((side, side), (height, width)))
+        return unpadded.shape[1], unpadded.shape[2]
 
     def vision_inputs(self, images: Sequence[LMMImage]) -> dict[str, torch.Tensor]:
         device = self.lmm.device

@@ -25,13 +25,17 @@ CORPUS = ["please give me a description of the image", "describe user assistant 
 
 @dataclass
 class TinyFamily:
-    """A family's tiny model and processor; `image_hw` is an image size its processor keeps as it is (no
-    resize), so an image region maps to cells exactly."""
+    """A family's tiny model and processor; `image_hw` is an image size for which an image region maps to
+    cells exactly (one the processor keeps as it is, or any size for a processor that squashes)."""
 
     name: str
     model: PreTrainedModel
     processor: ProcessorMixin
     image_hw: tuple[int, int]
+    # How the family's own processor encodes a prompt (its image placeholder unexpanded) followed by a text
+    # to ground: (processor, images, prompt, text) -> its tensors. None: `processor(images=images,
+    # text=[f"{prompt} {text}"])`. PaliGemma's processor takes such a text as `suffix` instead.
+    processor_inputs: Callable[[ProcessorMixin, list, str, str], dict] | None = None
 
 
 def seeded(build: Callable[[], PreTrainedModel]) -> PreTrainedModel:

@@ -1,0 +1,57 @@
+"""Qwen3-VL: Qwen2-VL's image processor at 16-px patches, q/k-normed decoder, deepstack on both ViT layers."""
+
+from __future__ import annotations
+
+from transformers import (
+    Qwen2VLImageProcessorPil,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+)
+
+from flmm.lmm.loading import without_video
+from flmm.lmm.tiny import build_tokenizer
+from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
+from tests.lmm.builders.qwen2_vl import SPECIALS, TEMPLATE  # Qwen's tokens and chat format
+
+PATCH, MERGE = 16, 2
+
+
+def _qwen3_vl() -> TinyFamily:
+    tokenizer = build_tokenizer(CORPUS, SPECIALS)
+    ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in SPECIALS.items()}
+    # Qwen3-VL's M-RoPE is always interleaved; the sections sum to head_dim / 2 (its default head_dim is 128).
+    rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    text = {**TEXT, "vocab_size": len(tokenizer), "head_dim": 16, "rope_parameters": rope}
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": TEXT["hidden_size"],
+        "patch_size": PATCH,
+        "spatial_merge_size": MERGE,
+        "num_position_embeddings": 64,  # an 8 x 8 learned table, interpolated to the patch grid
+        "deepstack_visual_indexes": [0, 1],  # features of both ViT layers added after decoder layers 0, 1
+    }
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["image_token"],
+        video_token_id=ids["video_token"],
+        vision_start_token_id=ids["vision_start_token"],
+        vision_end_token_id=ids["vision_end_token"],
+    )
+    model = seeded(lambda: Qwen3VLForConditionalGeneration._from_config(config))
+    cell = PATCH * MERGE
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=PATCH, merge_size=MERGE, min_pixels=(2 * cell) ** 2, max_pixels=(4 * cell) ** 2
+    )
+    processor = without_video(Qwen3VLProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=TEMPLATE
+    )
+    # 2 x 3 tokens of 32 px (and 3 x 2 transposed): within min/max pixels, kept as it is.
+    return TinyFamily("qwen3_vl", model, processor, (2 * cell, 3 * cell))
+
+
+BUILDERS = {"qwen3_vl": lambda _: _qwen3_vl()}
