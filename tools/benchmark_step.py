@@ -1,4 +1,4 @@
-"""Benchmark one grounding step at a given LMM architecture (random weights): eager vs hooked capture.
+"""Benchmark one grounding step at a given LMM architecture (random weights): plain vs hooked vs eager.
 
     python tools/benchmark_step.py [--preset toy|llava7b] [--device cpu|cuda] [--dtype float32|bfloat16]
         [--batch 2] [--phrases 3] [--refiner none|tiny|vit_b|vit_l|vit_h] [--repeats 3] [key=value ...]
@@ -7,13 +7,15 @@ Builds a LLaVA-1.5 of the preset's sizes with random weights (no download), wrap
 as real checkpoints, and for each capture mode times the frozen LMM forward with capture and one whole
 training step (LMM forward, U-Net, SAM refiner, losses, backward, AdamW step), and reports the peak memory
 (CUDA: max allocated during the mode's runs; CPU: peak resident set of the process so far, so it only
-grows from row to row). Prints a table. `key=value` arguments change the preset's sizes, e.g.
-`text.num_hidden_layers=2` for a slice of the 7B's depth.
+grows from row to row). `plain` is the same forward without capture under the model's own sdpa kernel (no
+training step): the baseline of the `forward / plain` column. Prints a table. `key=value` arguments change
+the preset's sizes, e.g. `text.num_hidden_layers=2` for a slice of the 7B's depth.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import resource
 import sys
 import time
@@ -102,12 +104,16 @@ def _time(fn, device: torch.device, repeats: int) -> float:
 
 
 def measure(capture: str, config, processor, args: argparse.Namespace) -> tuple:
-    """(capture, sequence length, forward ms, train step ms, peak GiB) for one capture mode."""
+    """(capture, sequence length, forward ms, train step ms or nan, peak GiB) for one capture mode."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     with torch.device(device):
         lmm = LlavaAdapter.model_class._from_config(config, dtype=dtype)
-    adapter = LlavaAdapter(lmm, capture=capture, processor=processor)
+    plain = capture == "plain"
+    # The plain run builds its inputs with a hooked adapter around a copy, and times the untouched model.
+    adapter = LlavaAdapter(
+        copy.deepcopy(lmm) if plain else lmm, capture="hooked" if plain else capture, processor=processor
+    )
     text = lmm.config.text_config
     refiner = None
     if args.refiner != "none":
@@ -141,6 +147,12 @@ def measure(capture: str, config, processor, args: argparse.Namespace) -> tuple:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if plain:
+        kwargs = adapter.model_inputs(encoded.input_ids, encoded.attention_mask, images)
+        kwargs.update(use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        with torch.no_grad():
+            forward_ms = _time(lambda: lmm(**kwargs), device, args.repeats)
+        return capture, encoded.input_ids.shape[1], forward_ms, float("nan"), _peak_gib(device)
     forward_ms = _time(lambda: adapter(*inputs), device, args.repeats)
     step_ms = _time(train_step, device, args.repeats)
     return capture, encoded.input_ids.shape[1], forward_ms, step_ms, _peak_gib(device)
@@ -165,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="toy")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--capture", default="eager,hooked", help="comma-separated capture modes")
+    parser.add_argument(
+        "--capture", default="plain,hooked,eager", help="comma-separated: plain, hooked, eager"
+    )
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--phrases", type=int, default=3)
     parser.add_argument("--refiner", choices=["none", "tiny", "vit_b", "vit_l", "vit_h"], default="tiny")
@@ -187,10 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
     print(f"\npreset={args.preset} device={args.device} dtype={args.dtype} batch={args.batch} "
           f"phrases/sample={args.phrases} refiner={args.refiner}")  # fmt: skip
-    print("| capture | seq len | LMM forward (ms) | train step (ms) | peak memory (GiB) |")
-    print("|---|---|---|---|---|")
+    baseline = next((row[2] for row in rows if row[0] == "plain"), float("nan"))
+    print("| capture | seq len | LMM forward (ms) | forward / plain | train step (ms) | peak memory (GiB) |")
+    print("|---|---|---|---|---|---|")
     for capture, seq, forward_ms, step_ms, peak in rows:
-        print(f"| {capture} | {seq} | {forward_ms:.1f} | {step_ms:.1f} | {peak:.2f} |")
+        ratio = forward_ms / baseline
+        print(f"| {capture} | {seq} | {forward_ms:.1f} | {ratio:.2f} | {step_ms:.1f} | {peak:.2f} |")
     return 0
 
 

@@ -26,7 +26,7 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from flmm.errors import ConfigError
 from flmm.lmm.capture import AttentionRecorder, capture_implementation, reduce_rows, select_rows
-from flmm.lmm.layout import GridMeta, ImageLayout, stack_layouts
+from flmm.lmm.layout import GridMeta, ImageLayout, raster_cells, stack_layouts
 from flmm.lmm.loading import load_pretrained, load_processor, resolve_dtype
 from flmm.lmm.plan import BatchPlan, plan_batch, position_ids_from_mask, positions_first
 from flmm.lmm.text import DESCRIBE, EncodedText, Span, chat_prompt, check_spans, encode_prompts, join_prompt
@@ -166,16 +166,25 @@ class LMMAdapter(nn.Module):
         raise NotImplementedError
 
     def layout(self, image: LMMImage) -> ImageLayout:
-        """Where the image tokens of one sample fall (see `flmm.lmm.layout`)."""
-        raise NotImplementedError
+        """Where the image tokens of one sample fall (see `flmm.lmm.layout`); default one square grid of
+        `tower_side` x `tower_side` tokens, row-major, over `pixel_values (3, s, s)` (the tower's input)."""
+        size = self.lmm.config.vision_config.image_size
+        if tuple(image["pixel_values"].shape) != (3, size, size):
+            raise ValueError(
+                f"pixel_values must be (3, {size}, {size}), got {tuple(image['pixel_values'].shape)}"
+            )
+        side = self.tower_side
+        return ImageLayout(raster_cells(side, side), ((side, side),))
 
     def image_text(self, layout: ImageLayout, image: LMMImage) -> str:
         """What the prompt's one `image_token` becomes for this image (the processor's own expansion)."""
         return self.image_token * layout.num_tokens
 
     def vision_inputs(self, images: Sequence[LMMImage]) -> dict[str, torch.Tensor]:
-        """The image keyword arguments of the model's forward for a batch (on the model's device)."""
-        raise NotImplementedError
+        """The image keyword arguments of the model's forward for a batch (on the model's device); default
+        the images' `pixel_values` stacked, `(B, ...)`."""
+        pixels = torch.stack([image["pixel_values"] for image in images])
+        return {"pixel_values": pixels.to(device=self.lmm.device, dtype=self.lmm.dtype)}
 
     def extra_inputs(self, input_ids: torch.Tensor, images: Sequence[LMMImage]) -> dict[str, torch.Tensor]:
         """Other keyword arguments the model needs (e.g. Gemma 3's token_type_ids)."""

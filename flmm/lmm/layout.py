@@ -68,6 +68,18 @@ class ImageLayout:
         return torch.cat(views, dim=1)
 
 
+class RepeatedViewLayout(ImageLayout):
+    """A layout whose tokens fill view 0 only, with view 0 repeated as view 1: an image shown as one tile
+    (InternVL, Idefics3), where that tile is the whole image at tile size, which is what the global view
+    (thumbnail) is, so the head still gets its two views' channels."""
+
+    def to_grid(self, columns: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """`(P, C, N')` -> `(P, 2 * C, gh, gw)`: view 0's maps, twice."""
+        maps = super().to_grid(columns, grid)
+        channels = columns.shape[1]
+        return torch.cat([maps[:, :channels], maps[:, :channels]], dim=1)
+
+
 def raster_cells(rows: int, cols: int, view: int = 0, row_break: bool = False) -> torch.Tensor:
     """`(rows * cols (+ rows), 3)` cells of a row-major grid; `row_break` adds one cell-less token after
     every row (LLaVA-NeXT's image newline)."""

@@ -118,11 +118,11 @@ def load_processor(source: str, offline: bool) -> ProcessorMixin:
         tokenizer=tokenizer,
         video_processor=None,
         chat_template=template,
-        **_saved_processor_kwargs(source),
+        **saved_processor_kwargs(source),
     )
 
 
-def _saved_processor_kwargs(source: str) -> dict:
+def saved_processor_kwargs(source: str) -> dict:
     """The processor's own settings saved beside its parts (processor_config.json: LLaVA-OneVision's
     num_image_tokens and feature strategy, InternVL's image_seq_length, ...), which building the processor
     from its parts would otherwise lose; its class and chat template are passed on their own."""

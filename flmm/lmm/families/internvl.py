@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optim
 from flmm.data.transforms import LMMInputs, ProcessorTransform
 from flmm.errors import ConfigError
 from flmm.lmm.adapter import LMMAdapter, LMMImage
-from flmm.lmm.layout import ImageLayout, raster_cells
+from flmm.lmm.layout import ImageLayout, RepeatedViewLayout, raster_cells
 from flmm.registry import LMM_ADAPTERS
 
 
@@ -46,18 +45,6 @@ class InternVLTransform(ProcessorTransform):
         out = super().__call__(image)
         out["image_sizes"] = torch.tensor(image.shape[:2], dtype=torch.long)
         return out
-
-
-@dataclass(frozen=True)
-class OneTileLayout(ImageLayout):
-    """The layout of a one-tile image: its tokens fill view 0; view 1 (the thumbnail's) repeats view 0,
-    since the one tile is the whole image resized to the tile size, which is what a thumbnail is."""
-
-    def to_grid(self, columns: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """`(P, C, N')` -> `(P, 2 * C, gh, gw)`: view 0's maps, twice."""
-        maps = super().to_grid(columns, grid)
-        channels = columns.shape[1]
-        return torch.cat([maps[:, :channels], maps[:, :channels]], dim=1)
 
 
 @LMM_ADAPTERS.register_module()
@@ -146,7 +133,7 @@ class InternVLAdapter(LMMAdapter):
         cells = [tile_cells + torch.tensor([0, t // cols * side, t % cols * side]) for t in range(tiles)]
         shapes = ((rows * side, cols * side), (side, side))
         if tiles == 1:
-            return OneTileLayout(cells[0], shapes)
+            return RepeatedViewLayout(cells[0], shapes)
         return ImageLayout(torch.cat([*cells, raster_cells(side, side, view=1)]), shapes)
 
     def image_text(self, layout: ImageLayout, image: LMMImage) -> str:

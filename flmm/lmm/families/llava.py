@@ -9,15 +9,11 @@ pad meta.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from transformers import LlavaForConditionalGeneration
 
 from flmm.data.transforms import LlavaPadTransform, LMMInputs
 from flmm.errors import ConfigError
-from flmm.lmm.adapter import LMMAdapter, LMMImage
-from flmm.lmm.layout import ImageLayout, raster_cells
+from flmm.lmm.adapter import LMMAdapter
 from flmm.registry import LMM_ADAPTERS
 
 
@@ -39,16 +35,3 @@ class LlavaAdapter(LMMAdapter):
         image_processor = self._processor().image_processor
         size = self.lmm.config.vision_config.image_size
         return LMMInputs(LlavaPadTransform(size, image_processor.image_mean, image_processor.image_std))
-
-    def layout(self, image: LMMImage) -> ImageLayout:
-        size = self.lmm.config.vision_config.image_size
-        if tuple(image["pixel_values"].shape) != (3, size, size):
-            raise ValueError(
-                f"pixel_values must be (3, {size}, {size}), got {tuple(image['pixel_values'].shape)}"
-            )
-        side = self.tower_side
-        return ImageLayout(raster_cells(side, side), ((side, side),))
-
-    def vision_inputs(self, images: Sequence[LMMImage]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([image["pixel_values"] for image in images])
-        return {"pixel_values": pixels.to(device=self.lmm.device, dtype=self.lmm.dtype)}

@@ -34,7 +34,7 @@ from transformers import PaliGemmaForConditionalGeneration
 from flmm.data.transforms import LMMInputs, ProcessorTransform
 from flmm.errors import ConfigError
 from flmm.lmm.adapter import LMMAdapter, LMMImage
-from flmm.lmm.layout import ImageLayout, raster_cells
+from flmm.lmm.layout import ImageLayout
 from flmm.registry import LMM_ADAPTERS
 
 # Gemma's vocabulary has one token per run of up to 31 newlines; a separator merged into a run still counts.
@@ -77,23 +77,10 @@ class PaliGemmaAdapter(LMMAdapter):
             ProcessorTransform(self._processor().image_processor, batched_keys=("pixel_values",))
         )
 
-    def layout(self, image: LMMImage) -> ImageLayout:
-        size = self.lmm.config.vision_config.image_size
-        if tuple(image["pixel_values"].shape) != (3, size, size):
-            raise ValueError(
-                f"pixel_values must be (3, {size}, {size}), got {tuple(image['pixel_values'].shape)}"
-            )
-        side = self.tower_side
-        return ImageLayout(raster_cells(side, side), ((side, side),))
-
     def image_text(self, layout: ImageLayout, image: LMMImage) -> str:
         """N image tokens, then the BOS the processor puts after the last image."""
         tokenizer = self._processor().tokenizer
         return self.image_token * layout.num_tokens + tokenizer.bos_token
-
-    def vision_inputs(self, images: Sequence[LMMImage]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([image["pixel_values"] for image in images])  # (B, 3, s, s)
-        return {"pixel_values": pixels.to(device=self.lmm.device, dtype=self.lmm.dtype)}
 
     def extra_inputs(self, input_ids: torch.Tensor, images: Sequence[LMMImage]) -> dict[str, torch.Tensor]:
         """`token_type_ids (B, S)` long: 1 on the suffix, the tokens after the first newline token that
