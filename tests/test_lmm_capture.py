@@ -19,6 +19,7 @@ from flmm.lmm import (
     attention_rows,
     raster_cells,
 )
+from flmm.lmm.layout import RepeatedViewLayout, check_view_counts
 from flmm.lmm.plan import plan_batch
 from flmm.lmm.tiny import build_tiny_llava, build_tiny_llava_next
 
@@ -203,3 +204,17 @@ def test_copied_adapter_still_captures(llava_dir):
     batch = adapter.encode(_images(), TEXTS, SPANS)
     restored = pickle.loads(pickle.dumps(adapter))
     torch.testing.assert_close(restored(**batch).attention, adapter(**batch).attention)
+
+
+def test_a_repeated_view_layout_gives_view_0_twice():
+    layout = RepeatedViewLayout(raster_cells(2, 2), ((2, 2), (2, 2)))
+    grid = layout.to_grid(torch.arange(4.0)[None, None], (2, 2))
+    assert grid.shape == (1, 2, 2, 2) and torch.equal(grid[0, 0], grid[0, 1])
+    assert torch.equal(grid[0, 0], torch.arange(4.0).view(2, 2))
+
+
+def test_a_batch_with_a_view_count_other_than_the_familys_is_refused():
+    one_view = ImageLayout(raster_cells(2, 2), ((2, 2),))
+    check_view_counts([one_view, one_view], 1)
+    with pytest.raises(ValueError, match="expected 2 views per image"):
+        check_view_counts([one_view], 2)

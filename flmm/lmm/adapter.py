@@ -26,7 +26,7 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from flmm.errors import ConfigError
 from flmm.lmm.capture import AttentionRecorder, capture_implementation, reduce_rows, select_rows
-from flmm.lmm.layout import GridMeta, ImageLayout, raster_cells, stack_layouts
+from flmm.lmm.layout import GridMeta, ImageLayout, check_view_counts, raster_cells
 from flmm.lmm.loading import load_pretrained, load_processor, resolve_dtype
 from flmm.lmm.plan import BatchPlan, plan_batch, position_ids_from_mask, positions_first
 from flmm.lmm.text import DESCRIBE, EncodedText, Span, chat_prompt, check_spans, encode_prompts, join_prompt
@@ -315,7 +315,7 @@ class LMMAdapter(nn.Module):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         phrase_ids = phrase_ids.to(input_ids.device)
         layouts = [self.layout(image) for image in images]
-        stack_layouts(layouts)
+        check_view_counts(layouts, self.num_views)
         plan = plan_batch(input_ids, attention_mask, phrase_ids, self.image_token_id, layouts)
         inputs.update(use_cache=False, output_hidden_states=True, logits_to_keep=1)
         maps, outputs = self._run(inputs, plan)

@@ -105,9 +105,8 @@ class GridMeta:
     layouts: tuple[ImageLayout, ...]
 
 
-def stack_layouts(layouts: Sequence[ImageLayout]) -> int:
-    """The view count all samples share; ValueError when they differ (the head's channels are fixed)."""
-    counts = {layout.num_views for layout in layouts}
-    if len(counts) != 1:
-        raise ValueError(f"samples of one batch have different view counts: {sorted(counts)}")
-    return counts.pop()
+def check_view_counts(layouts: Sequence[ImageLayout], expected: int) -> None:
+    """ValueError unless every sample has `expected` views (the head's channels are fixed per family)."""
+    counts = sorted({layout.num_views for layout in layouts})
+    if counts != [expected]:
+        raise ValueError(f"expected {expected} views per image (the family's num_views), got {counts}")
