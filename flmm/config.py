@@ -155,11 +155,15 @@ def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, Dic
     return [*chain, (path, loaded)]
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), components: bool = True
+) -> DictConfig:
     """Load `path` (YAML) over the schema's defaults and apply `key=value` overrides.
 
     A file may start from others (`_base_: other.yaml` or a list, relative to it), merged first. Raises
-    ConfigError for a missing file, invalid YAML, an unknown key or a value of the wrong type.
+    ConfigError for a missing file, invalid YAML, an unknown key (component sections included: each is
+    checked against what its component accepts, unless `components` is False: overrides meant for another
+    config, e.g. a checkpoint's) or a value of the wrong type.
     """
     schema = OmegaConf.structured(FlmmConfig)
     cfg = schema
@@ -176,4 +180,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
         raise _explain(exc, "command-line override", schema) from None
+    # Component sections are free dicts in the schema; their keys are checked against the components
+    # (imported here, not at module level: the schema itself needs no model code).
+    if components:
+        from flmm.engine.build import check_components
+
+        source = "config" if path is None else str(path)
+        check_components(cfg, source + (" with its overrides" if overrides else ""))
     return cfg

@@ -35,7 +35,8 @@ def test_unknown_type_lists_the_registered_ones():
 def test_unknown_argument_names_the_key_and_what_is_accepted():
     import flmm.engine.build  # noqa: F401
 
-    with pytest.raises(ConfigError, match=r"model\.mask_head: UNetMaskHead has no argument \['chanels'\]"):
+    match = r"model\.mask_head: UNetMaskHead has no argument 'chanels'\. Did you mean 'model\.mask_head\.chan"
+    with pytest.raises(ConfigError, match=match):
         build_component(MODELS, "model.mask_head", {"type": "UNetMaskHead", "chanels": [8]}, in_channels=4)
 
 

@@ -83,3 +83,30 @@ def test_each_family_config_is_the_reference_recipe_with_its_lmm(config):
     assert cfg.train == reference.train and cfg.data == reference.data
     assert cfg.model.refiner == reference.model.refiner and cfg.model.mask_head == reference.model.mask_head
     assert cfg.output_dir == f"runs/{config.removesuffix('.yaml')}"
+
+
+TYPOS = [
+    ("model.mask_head.chanels=[8]", r"model\.mask_head: UNetMaskHead has no argument 'chanels'"),
+    ("model.refiner.chekpoint=x.pth", r"model\.refiner: SamRefiner has no argument 'chekpoint'"),
+    ("model.lmm.captur=eager", r"model\.lmm: LlavaAdapter has no argument 'captur'.*'model\.lmm\.capture'"),
+    ("model.selector={type: KeywordSelector, thresh: 0.5}", r"KeywordSelector has no argument 'thresh'"),
+    ("model.mask_head.type=UNet", r"model\.mask_head\.type: unknown 'UNet'"),
+    ("data.synthetic.n_res=3", r"data\.synthetic: SyntheticConfig has no argument 'n_res'"),
+    ("model.mask_head.in_channels=4", r"model\.mask_head\.in_channels: set by flmm from the LMM"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), TYPOS)
+def test_a_typo_in_a_component_section_is_an_error_at_load_time(override, message):
+    """Before anything is built: the toy config's LMM and SAM are not even looked for."""
+    with pytest.raises(ConfigError, match=r"flmm_toy\.yaml with its overrides: .*" + message):
+        load_config(REPO_ROOT / "configs" / "flmm_toy.yaml", [override])
+
+
+def test_a_family_argument_is_accepted_without_knowing_the_family():
+    cfg = load_config(None, ["model.lmm={model: Qwen/Qwen2.5-VL-7B-Instruct, grid: 32}"])
+    assert cfg.model.lmm.grid == 32
+    with pytest.raises(
+        ConfigError, match=r"model\.lmm: an LMM adapter has no argument 'gird'.*'model\.lmm\.grid'"
+    ):
+        load_config(None, ["model.lmm={model: Qwen/Qwen2.5-VL-7B-Instruct, gird: 32}"])

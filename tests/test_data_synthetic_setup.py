@@ -30,5 +30,5 @@ def test_real_data_configs_generate_nothing(tmp_path):
 
 
 def test_unknown_synthetic_key_is_named(tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.synthetic: unknown keys \['imgs'\]"):
+    with pytest.raises(ConfigError, match=r"data\.synthetic: SyntheticConfig has no argument 'imgs'"):
         ensure_synthetic_world(_data(tmp_path, "data.synthetic.imgs=3"))

@@ -290,3 +290,21 @@ def test_checkpoint_of_another_lmm_is_refused(trained, capsys, tmp_path):
     torch.save(checkpoint, other)
     err = _error(capsys, ["--ckpt", str(other), "--splits", "refcoco:val", *QUIET])
     assert "another LMM" in err and "attention_channels" in err
+
+
+def test_a_checkpoints_config_never_writes_its_data_root_or_model_paths_unasked(trained, capsys, tmp_path):
+    """A checkpoint from elsewhere names a synthetic world and toy models it would make: tools/test.py says
+    what is missing and writes nothing; with --build-missing it makes them."""
+    elsewhere = [
+        f"data.root={tmp_path / 'world'}",
+        "data.synthetic={seed: 0, n_res_images: 12, n_png_images: 0, size: 64, max_objects: 2}",
+        f"model.lmm.model={tmp_path / 'models' / 'llava'}",
+    ]
+    argv = ["--ckpt", str(trained), "--splits", "refcoco:val", "--out", str(tmp_path / "eval"), *QUIET]
+    err = _error(capsys, [*argv, *elsewhere])
+    assert "--build-missing" in err and str(tmp_path / "models" / "llava") in err
+    assert not (tmp_path / "world").exists() and not (tmp_path / "models").exists()
+    assert load_tool("test").main([*argv, *elsewhere, "--build-missing"]) == 0
+    assert (tmp_path / "world" / "coco").is_dir() and (
+        tmp_path / "models" / "llava" / "config.json"
+    ).is_file()

@@ -67,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--web", action="store_true", help="serve the demo page on 127.0.0.1")
+    parser.add_argument(
+        "--build-missing",
+        action="store_true",
+        help="build the toy models a checkpoint's config names if missing",
+    )
     parser.add_argument("--port", type=int, default=7860)
     args = parse_with_overrides(parser, argv, "model.selector.threshold=0.3")
     if args.mode == "head" and (args.ckpt is None or args.config is not None):
@@ -82,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_demo(args: argparse.Namespace) -> Demo:
     if args.mode == "head":
-        return Demo.from_checkpoint(args.ckpt, args.overrides, args.device)
+        return Demo.from_checkpoint(args.ckpt, args.overrides, args.device, args.build_missing)
     return Demo.from_config(args.config, args.overrides, args.top_heads, args.device)
 
 

@@ -54,6 +54,10 @@ from flmm.engine.metrics import format_results_table
 from flmm.engine.toy import ensure_toy_models
 from flmm.errors import FlmmError
 
+BUILD_HINT = (
+    "A checkpoint's config may name a synthetic world or toy models that it would make itself; tools/test.py "
+    "writes them into its data.root / model paths only with --build-missing."
+)
 PROTOCOLS = {"both": RES_EVAL_PROTOCOLS, **{p: (p,) for p in RES_EVAL_PROTOCOLS}}
 MODES = ("head", "attend-and-segment")
 
@@ -72,10 +76,14 @@ def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
     else:
         cfg = load_config(args.config, args.overrides)
     requested = [s.strip() for s in (args.splits or "").split(",") if s.strip()]
-    ensure_synthetic_world(cfg.data)
+    # A checkpoint's config may come from elsewhere: its data root and model paths are written to only when
+    # asked (a user's own --config is theirs to act on, as in training).
+    build = args.mode != "head" or args.build_missing
+    if build:
+        ensure_synthetic_world(cfg.data)
     splits = resolve_splits(cfg, requested)
-    ensure_toy_models(cfg)
-    preflight(cfg, splits)
+    ensure_toy_models(cfg, build=build)
+    preflight(cfg, splits, "" if build else BUILD_HINT)
     if args.mode == "head":
         out = args.out or default_out_dir(args.ckpt)
         module = load_module(checkpoint, cfg)
@@ -128,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     parser.add_argument("--save-masks", action="store_true", help="write every predicted mask as RLE")
     parser.add_argument("--overlays", type=int, default=4, help="best and worst N queries drawn per split")
+    parser.add_argument(
+        "--build-missing",
+        action="store_true",
+        help="generate the synthetic data / build the toy models a checkpoint's config names if missing",
+    )
     args = parse_with_overrides(parser, argv, "data.root=/datasets")
     if args.mode == "head" and (args.ckpt is None or args.config is not None):
         parser.error("mode head needs --ckpt (and no --config)")

@@ -112,12 +112,18 @@ class Demo:
         self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
 
     @classmethod
-    def from_checkpoint(cls, path, overrides: Sequence[str] = (), device: str | None = None) -> Demo:
-        """The trained head (and selector, if it has one) of a tools/train.py checkpoint."""
+    def from_checkpoint(
+        cls, path, overrides: Sequence[str] = (), device: str | None = None, build_missing: bool = False
+    ) -> Demo:
+        """The trained head (and selector, if it has one) of a tools/train.py checkpoint.
+
+        The toy models a checkpoint's config names are built only with `build_missing` (a checkpoint from
+        elsewhere must not make the demo write files or start pretraining); else a missing one is reported.
+        """
         checkpoint = load_checkpoint(path)
         cfg = checkpoint_config(checkpoint, overrides, source=str(path))
-        ensure_toy_models(cfg)
-        preflight(cfg, [])
+        ensure_toy_models(cfg, build=build_missing)
+        preflight(cfg, [], "" if build_missing else "Build a checkpoint's toy models with --build-missing.")
         module = load_module(checkpoint, cfg).to(_device(device))
         return cls(module.adapter, head=module.model, selector=module.selector)
 

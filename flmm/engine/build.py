@@ -7,11 +7,12 @@ are present, and reports everything missing in one message.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from flmm.builder import build_component
+from flmm.builder import build_component, check_keys, keyword_names, resolve_component
 from flmm.data.splits import missing_data_message, split_exists
 from flmm.errors import ConfigError, FlmmError, MissingWeightsError
 from flmm.lmm.adapter import LMMAdapter
@@ -37,6 +38,43 @@ SAM_DOWNLOADS = {
     "vit_l": "sam_vit_l_0b3195.pth",
     "vit_h": "sam_vit_h_4b8939.pth",
 }
+
+
+# Arguments the builders add from the LMM adapter (a config must not give them).
+PROVIDED = {
+    "mask_head": ("in_channels",),
+    "refiner": ("hidden_size", "num_layers"),
+    "selector": ("hidden_size", "num_layers"),
+}
+
+
+def check_components(cfg: DictConfig, source: str = "config") -> None:
+    """Check every component section against what its component accepts, without building anything, so a
+    typo (`model.mask_head.chanels`) is one ConfigError at load time, not after minutes of LMM loading.
+
+    `model.lmm` without `type` is checked against `adapter_for` and every family's arguments (the family
+    follows the checkpoint, unknown until it is read); `data.synthetic` against `SyntheticConfig`.
+    """
+    from flmm.data.synthetic import SyntheticConfig
+
+    try:
+        lmm = cfg.model.lmm
+        if lmm.get("type") is not None:
+            resolve_component(LMM_ADAPTERS, "model.lmm", lmm)
+        else:
+            allowed = [*keyword_names(adapter_for)[0]]
+            for family in FAMILIES:
+                allowed += [name for name in keyword_names(family)[0] if name not in allowed]
+            check_keys("model.lmm", "an LMM adapter", [k for k in lmm if k != "type"], allowed)
+        for key, provided in PROVIDED.items():
+            section = cfg.model.get(key)
+            if section is not None:
+                resolve_component(MODELS, f"model.{key}", section, provided)
+        if cfg.data.synthetic is not None:
+            fields = [f.name for f in dataclasses.fields(SyntheticConfig)]
+            check_keys("data.synthetic", "SyntheticConfig", list(cfg.data.synthetic), fields)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def build_adapter(cfg: DictConfig) -> LMMAdapter:
@@ -73,8 +111,8 @@ def build_text_component(cfg: DictConfig, adapter: LMMAdapter, key: str):
     )
 
 
-def preflight(cfg: DictConfig, splits: list[str]) -> None:
-    """Raise one FlmmError listing every missing weight file and dataset the config needs."""
+def preflight(cfg: DictConfig, splits: list[str], hint: str = "") -> None:
+    """Raise one FlmmError listing every missing weight file and dataset the config needs (and `hint`)."""
     problems = []
     try:
         resolve_checkpoint(cfg.model.lmm.get("model", ""), cfg.model.lmm.get("local_files_only"))
@@ -92,7 +130,9 @@ def preflight(cfg: DictConfig, splits: list[str]) -> None:
     root = Path(str(cfg.data.root))
     problems += [f"data: {missing_data_message(root, s)}" for s in splits if not split_exists(root, s)]
     if problems:
-        raise FlmmError("cannot start, missing:\n  - " + "\n  - ".join(problems))
+        raise FlmmError(
+            "cannot start, missing:\n  - " + "\n  - ".join(problems) + (f"\n{hint}" if hint else "")
+        )
 
 
 def config_to_dict(cfg: DictConfig) -> dict:

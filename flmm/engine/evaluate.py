@@ -38,7 +38,7 @@ from flmm.config import FlmmConfig, load_config
 from flmm.data.collate import collate_grounding
 from flmm.data.datasets import GroundingDataset
 from flmm.data.splits import build_split_dataset, default_eval_splits, parse_split
-from flmm.engine.build import config_to_dict
+from flmm.engine.build import check_components, config_to_dict
 from flmm.engine.callbacks import progress_reporting
 from flmm.engine.metrics import PngRecallMetrics, ResMetrics, binarize, intersection_union
 from flmm.engine.module import GroundingModule, check_checkpoint_fits, read_checkpoint
@@ -368,14 +368,16 @@ def checkpoint_config(
 
     The overrides are checked by `load_config` first, so a typo is the same one-line error as in training.
     """
-    load_config(None, list(overrides))
+    load_config(None, list(overrides), components=False)  # component keys are checked on the result
     schema = OmegaConf.structured(FlmmConfig)
     try:
         cfg = OmegaConf.merge(schema, checkpoint["hyper_parameters"]["config"])
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
         message = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
         raise ConfigError(f"{source}: its config does not fit this version of flmm: {message}") from None
+    check_components(cfg, f"{source} (its config)")
+    return cfg
 
 
 def load_module(checkpoint: dict, cfg: DictConfig) -> GroundingModule:

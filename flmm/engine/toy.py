@@ -66,8 +66,9 @@ def check_built_by(report_file: Path, model: Path, recipe: LmmRecipe | SamRecipe
         )
 
 
-def ensure_toy_models(cfg: DictConfig) -> None:
-    """Make the tiny LLaVA and tiny SAM a toy config names when they are not on disk yet.
+def ensure_toy_models(cfg: DictConfig, build: bool = True) -> None:
+    """Make the tiny LLaVA and tiny SAM a toy config names when they are not on disk yet (`build`; else a
+    missing one is left for `preflight` to report).
 
     Raises ConfigError when one on disk was built by another recipe than the config asks for.
     """
@@ -79,7 +80,7 @@ def ensure_toy_models(cfg: DictConfig) -> None:
     recipe = toy_lmm_recipe(toy)
     if (lmm_dir / "config.json").is_file():
         check_built_by(lmm_dir / REPORT_FILE, lmm_dir, recipe, str(toy.lmm_recipe))
-    else:
+    elif build:
         log.warning("building the toy LLaVA in %s (first use, %d pretraining steps)", lmm_dir, recipe.steps)
         pretrain_lmm(lmm_dir, recipe, progress=progress, log=log.warning)
     refiner = cfg.model.refiner
@@ -88,7 +89,7 @@ def ensure_toy_models(cfg: DictConfig) -> None:
         recipe = toy_sam_recipe(toy)
         if checkpoint.is_file():
             check_built_by(report_path(checkpoint), checkpoint, recipe, str(toy.sam_recipe))
-        else:
+        elif build:
             log.warning(
                 "building the toy SAM in %s (first use, %d pretraining steps)", checkpoint, recipe.steps
             )

@@ -121,7 +121,7 @@ class LMMAdapter(nn.Module):
                 # A given processor is kept (and no other loaded); else the family's loader builds one.
                 self.load_processor if processor is None else (lambda source, offline: processor),
             )
-            processor = processor or loaded
+            processor = loaded
         if not isinstance(lmm, self.model_class):
             raise ConfigError(
                 f"{type(self).__name__} wraps {self.model_class.__name__}, got {type(lmm).__name__}"

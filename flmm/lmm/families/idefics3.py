@@ -44,6 +44,7 @@ from transformers import (
     SmolVLMProcessor,
 )
 
+from flmm.data.collate import stack_padded
 from flmm.data.transforms import LMMInputs, ProcessorTransform
 from flmm.errors import ConfigError
 from flmm.lmm.adapter import LMMAdapter, LMMImage
@@ -158,14 +159,9 @@ class Idefics3Adapter(LMMAdapter):
         return self._processor().replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
 
     def vision_inputs(self, images: Sequence[LMMImage]) -> dict[str, torch.Tensor]:
-        frames = max(int(image["pixel_values"].shape[0]) for image in images)
-
-        def padded(value: torch.Tensor) -> torch.Tensor:
-            # All-zero frames after a sample's own, as the image processor pads a batch.
-            return torch.cat([value, value.new_zeros((frames - value.shape[0], *value.shape[1:]))])
-
-        pixels = torch.stack([padded(image["pixel_values"]) for image in images])
-        mask = torch.stack([padded(image["pixel_attention_mask"]) for image in images])
+        # All-zero frames after a sample's own, as the image processor pads a batch.
+        pixels = stack_padded([image["pixel_values"] for image in images])
+        mask = stack_padded([image["pixel_attention_mask"] for image in images])
         device = self.lmm.device
         return {
             "pixel_values": pixels.to(device=device, dtype=self.lmm.dtype),
