@@ -38,6 +38,19 @@ class TinyFamily:
     processor_inputs: Callable[[ProcessorMixin, list, str, str], dict] | None = None
 
 
+def text_config(tokenizer, model_type: str, **sizes) -> dict:
+    """A decoder config dict of `TEXT`'s sizes (plus `sizes`) for `tokenizer`'s vocabulary and special ids."""
+    return {
+        **TEXT,
+        "model_type": model_type,
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        **sizes,
+    }
+
+
 def seeded(build: Callable[[], PreTrainedModel]) -> PreTrainedModel:
     """`build()` under seed 0 on a private RNG stream, in eval mode."""
     with torch.random.fork_rng(devices=[]):

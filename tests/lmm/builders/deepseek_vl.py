@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
+from tests.lmm.builders import CORPUS, TinyFamily, seeded, text_config
 
 # DeepseekVLProcessor reads the tokenizer's `image_token`.
 SPECIALS = {"image_token": "<image_placeholder>"}
@@ -51,14 +51,7 @@ HIGH_RES = {
 
 
 def _text(tokenizer) -> dict:
-    return {
-        **TEXT,
-        "model_type": "llama",
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
+    return text_config(tokenizer, "llama")
 
 
 def _deepseek_vl() -> TinyFamily:

@@ -19,7 +19,7 @@ from transformers import (
 
 from flmm.lmm.families.idefics3 import SmolVLMImageOnlyProcessor
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
+from tests.lmm.builders import CORPUS, TinyFamily, seeded, text_config
 
 # Idefics3Processor writes these strings itself; SmolVLMProcessor reads them from the tokenizer by these
 # attribute names. The tokenizer must hold them as single tokens, the tile markers included.
@@ -45,14 +45,7 @@ VISION = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "
 def _family(name: str) -> TinyFamily:
     smolvlm = name == "smolvlm"
     tokenizer = build_tokenizer(CORPUS, SPECIALS)
-    text = {
-        **TEXT,
-        "model_type": "llama",
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
+    text = text_config(tokenizer, "llama")
     config = (SmolVLMConfig if smolvlm else Idefics3Config)(
         text_config=text,
         vision_config=VISION,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from transformers import JanusConfig, JanusForConditionalGeneration, JanusImageProcessorPil, JanusProcessor
 
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
+from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded, text_config
 
 # JanusProcessor reads the tokenizer's `image_token`, `boi_token` and `eoi_token`.
 SPECIALS = {
@@ -25,14 +25,7 @@ SIDE, PATCH = 32, 8
 
 def _janus() -> TinyFamily:
     tokenizer = build_tokenizer(CORPUS, SPECIALS)
-    text = {
-        **TEXT,
-        "model_type": "llama",
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
+    text = text_config(tokenizer, "llama")
     vision = {
         "hidden_size": 32,
         "num_hidden_layers": 2,

@@ -13,7 +13,7 @@ from transformers import Mistral3Config, Mistral3ForConditionalGeneration, Pixtr
 
 from flmm.lmm.families.mistral3 import PixtralPilProcessor
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
+from tests.lmm.builders import CORPUS, TinyFamily, seeded, text_config
 
 SPECIALS = {
     "image_token": "[IMG]",
@@ -33,16 +33,7 @@ PATCH, MERGE = 14, 2
 
 def _mistral3(folder: Path) -> TinyFamily:
     tokenizer = build_tokenizer(CORPUS, SPECIALS)
-    text = {
-        **TEXT,
-        "model_type": "mistral",
-        "vocab_size": len(tokenizer),
-        "head_dim": 16,
-        "sliding_window": None,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
+    text = text_config(tokenizer, "mistral", head_dim=16, sliding_window=None)
     vision = {
         "model_type": "pixtral",
         "hidden_size": 32,

@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
+from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded, text_config
 
 SIDE, PATCH = 32, 8
 SPECIALS = {"image_token": "<image>", "newline_token": "\n"}
@@ -39,15 +39,7 @@ def _paligemma(name: str, version: int) -> TinyFamily:
     image_processor.image_seq_length = (SIDE // PATCH) ** 2
     # Built before the config: the processor adds its <locXXXX> / <segXXX> tokens to the tokenizer.
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    text = {
-        **TEXT,
-        "model_type": "gemma" if version == 1 else "gemma2",
-        "vocab_size": len(tokenizer),
-        "head_dim": 16,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
+    text = text_config(tokenizer, "gemma" if version == 1 else "gemma2", head_dim=16)
     if version == 2:
         # Gemma 2: soft-capping 50 as on the hub; layers 0 and 2 slide over 16 keys (kit sequences: 28+).
         text.update(
