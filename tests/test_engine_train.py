@@ -169,7 +169,8 @@ def test_resume_continues_from_the_stored_step_and_optimizer_state(
     assert code == 0
     # The newest epoch's checkpoint and last.ckpt, never a last-v1.ckpt beside an old one.
     names = {p.name for p in (output_dir / "checkpoints").iterdir()}
-    assert {"epoch001.ckpt", "last.ckpt"} <= names and not any(n.startswith("last-") for n in names)
+    newest = f"epoch001-step{2 * TRAIN_STEPS:06d}.ckpt"
+    assert {newest, "last.ckpt"} <= names and not any(n.startswith("last-") for n in names)
     checkpoint = load_checkpoint(output_dir / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 2 * TRAIN_STEPS
     # AdamW counts its own steps: 2 * TRAIN_STEPS only if the stored moments were restored, not reset.
@@ -308,3 +309,31 @@ def test_missing_weights_and_data_are_listed_in_one_message(tmp_path: Path, monk
     for split in ("refcoco:train", "refcoco+:train", "refcocog:train", "png:train2017", "refcoco:val"):
         assert split in err
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_sigterm_writes_a_checkpoint_the_run_resumes_from(toy_world: ToyWorld, tmp_path: Path):
+    """A scheduler's preemption (SIGTERM) mid-epoch: the run saves where it is, and --resume continues."""
+    import signal
+    import subprocess
+    import sys
+
+    output_dir = tmp_path / "run"
+    overrides = toy_overrides(toy_world, output_dir, "train.epochs=20", "train.limit_train_batches=1.0")
+    command = [sys.executable, str(REPO_ROOT / "tools" / "train.py"), str(TOY_CONFIG), *overrides]
+    process = subprocess.Popen(
+        [*command, "train.progress_every_n_steps=1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:
+        if line.startswith("train epoch 1/20 loss") and " step 2/" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    process.communicate(timeout=120)
+    checkpoint = load_checkpoint(output_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] >= 2 and checkpoint["epoch"] == 0
+    resumed = load_tool("train").main(
+        [*command[2:], "train.epochs=1", "--resume", str(output_dir / "checkpoints" / "last.ckpt")]
+    )
+    assert resumed == 0

@@ -48,12 +48,15 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
     # old output_dir, a run folder moved before resuming), instead of a new `last-v1.ckpt` beside it.
     # save_top_k=1 without a monitor keeps the newest epoch's checkpoint, and with it `last.ckpt` is written
     # at every epoch end (save_top_k=0 would write it only when training ends: a crash would lose the run).
+    # save_on_exception: a scheduler's SIGTERM (preemption) ends the run through Lightning's SIGTERMException,
+    # which then writes a resumable checkpoint (and last.ckpt) at the step reached instead of losing it.
     checkpoints = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
-        filename="epoch{epoch:03d}",
+        filename="epoch{epoch:03d}-step{step:06d}",
         auto_insert_metric_name=False,
         save_last=True,
         save_top_k=1,
+        save_on_exception=True,
         enable_version_counter=False,
     )
     show_bar, progress = progress_reporting(train.progress_bar, train.progress_every_n_steps)
