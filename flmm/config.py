@@ -89,6 +89,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.03
     grad_clip: float = 1.0
+    # Steps with non-finite gradients are skipped; this many in a row stop the run.
+    max_nonfinite_in_a_row: int = 5
     precision: str = "bf16-mixed"
     accelerator: str = "auto"
     devices: Any = "auto"

@@ -29,6 +29,7 @@ from flmm.config import load_config
 from flmm.data.synthetic_setup import ensure_synthetic_world
 from flmm.engine.build import config_to_dict, preflight
 from flmm.engine.callbacks import ValidationOverlays, progress_reporting
+from flmm.engine.checkpoint_io import SameFolderAtomicIO
 from flmm.engine.datamodule import GroundingDataModule
 from flmm.engine.module import GroundingModule, read_checkpoint
 from flmm.engine.toy import ensure_toy_models
@@ -77,6 +78,7 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
         enable_progress_bar=show_bar,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
+        plugins=[SameFolderAtomicIO()],
         logger=[
             TensorBoardLogger(output_dir, name="tensorboard", version=""),
             CSVLogger(output_dir, name="csv"),

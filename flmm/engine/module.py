@@ -72,6 +72,7 @@ class GroundingModule(pl.LightningModule):
         self.val_metrics = torch.nn.ModuleList([ResMetrics() for _ in self.val_splits])
         self.val_coarse_metrics = torch.nn.ModuleList([ResMetrics() for _ in self.val_splits])
         self.val_selector_metrics = torch.nn.ModuleList([TokenF1() for _ in self.val_splits])
+        self._nonfinite_in_a_row = self._nonfinite_total = 0
         # Frozen weights are absent from checkpoints; `on_load_checkpoint` checks the rest explicitly.
         self.strict_loading = False
         # DDP must neither broadcast nor all-reduce the frozen LMM (7B) and SAM encoder at start-up.
@@ -239,7 +240,33 @@ class GroundingModule(pl.LightningModule):
         scheduler = LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip a step whose gradients are not finite (a NaN / inf loss, an overflow): the gradients are
+        dropped, so AdamW leaves weights and moments untouched (the LR schedule still advances). Counted in
+        `train/nonfinite_steps`; `train.max_nonfinite_in_a_row` in a row stop the run with a FlmmError.
+        Under DDP the gradients are already all-reduced here, so every rank decides the same."""
+        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if finite:
+            self._nonfinite_in_a_row = 0
+            return
+        for parameter in self.trainable_parameters():
+            parameter.grad = None
+        self._nonfinite_in_a_row += 1
+        self._nonfinite_total += 1
+        self.log("train/nonfinite_steps", float(self._nonfinite_total), rank_zero_only=True)
+        limit = int(self.cfg.train.max_nonfinite_in_a_row)
+        if self._nonfinite_in_a_row >= limit:
+            raise FlmmError(
+                f"stopping: {self._nonfinite_in_a_row} training steps in a row had non-finite gradients "
+                f"(the last at step {self.global_step}; {self._nonfinite_total} in all). The weights were "
+                "not updated by them; lower train.lr, use train.precision=32, or check the data."
+            )
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = [n for n, p in self.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:
+            raise FlmmError(f"refusing to save a checkpoint with non-finite weights ({bad[0]}, ...)")
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN_PREFIXES)
         }
