@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from flmm.data.refcoco import refer_paths
-from flmm.errors import ConfigError
+from flmm.builder import check_keys
 
 log = logging.getLogger("flmm.data")
 
@@ -27,10 +27,8 @@ def ensure_synthetic_world(data_cfg) -> bool:
     from flmm.data.synthetic import SyntheticConfig, generate_world
 
     settings = OmegaConf.to_container(data_cfg.synthetic, resolve=True)
-    allowed = [f.name for f in fields(SyntheticConfig)]
-    unknown = sorted(set(settings) - set(allowed))
-    if unknown:
-        raise ConfigError(f"data.synthetic: unknown keys {unknown}; allowed: {allowed}")
+    # The load-time check of the config, again for a data section built without `load_config`.
+    check_keys("data.synthetic", "SyntheticConfig", settings, [f.name for f in fields(SyntheticConfig)])
     config = SyntheticConfig(**settings)
     log.warning("generating the synthetic world under %s (first use)", root)
     generate_world(root, config)

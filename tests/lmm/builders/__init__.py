@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,18 @@ def text_config(tokenizer, model_type: str, **sizes) -> dict:
         "eos_token_id": tokenizer.eos_token_id,
         **sizes,
     }
+
+
+# A SigLIP-style vision tower at toy size (image_size and patch_size are each family's).
+SIGLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def token_ids(
+    tokenizer, specials: dict[str, str], names: Sequence[str], suffix: str = "_id"
+) -> dict[str, int]:
+    """`{name + suffix: id}` of the special tokens `names` (keys of `specials`), as a family config takes
+    them (`image_token_id=...`, Gemma's `image_token_index=...`)."""
+    return {f"{name}{suffix}": tokenizer.convert_tokens_to_ids(specials[name]) for name in names}
 
 
 def seeded(build: Callable[[], PreTrainedModel]) -> PreTrainedModel:

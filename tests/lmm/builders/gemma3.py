@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
+from tests.lmm.builders import CORPUS, SIGLIP, TinyFamily, seeded, text_config, token_ids
 
 # By the attribute names Gemma3Processor reads (boi_token, eoi_token, image_token = the soft token); the turn
 # markers only need to stay single tokens.
@@ -49,35 +49,22 @@ def _with_projection(model: Gemma3ForConditionalGeneration) -> Gemma3ForConditio
 
 def _gemma3() -> TinyFamily:
     tokenizer = build_tokenizer([*CORPUS, "model"], SPECIALS)  # "model": Gemma's assistant role
-    ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in SPECIALS.items()}
-    text = {
-        **TEXT,
-        "vocab_size": len(tokenizer),
-        "head_dim": 16,
-        "query_pre_attn_scalar": 16,
-        # Layers 0 and 1 see 16 keys back: shorter than every kit sequence (39+ tokens), long enough that
-        # the first phrase tokens still reach the last image tokens through them.
-        "sliding_window": 16,
-        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": SIDE,
-        "patch_size": PATCH,
-    }
+    # Layers 0 and 1 see 16 keys back: shorter than every kit sequence (39+ tokens), long enough that the
+    # first phrase tokens still reach the last image tokens through them.
+    text = text_config(
+        tokenizer,
+        "gemma3_text",
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=16,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+    )
+    vision = {**SIGLIP, "image_size": SIDE, "patch_size": PATCH}
     config = Gemma3Config(
         text_config=text,
         vision_config=vision,
         mm_tokens_per_image=TOKENS,
-        image_token_index=ids["image_token"],
-        boi_token_index=ids["boi_token"],
-        eoi_token_index=ids["eoi_token"],
+        **token_ids(tokenizer, SPECIALS, ("image_token", "boi_token", "eoi_token"), suffix="_index"),
     )
     model = seeded(lambda: _with_projection(Gemma3ForConditionalGeneration._from_config(config)))
     image_processor = Gemma3ImageProcessorPil(size={"height": SIDE, "width": SIDE})

@@ -6,7 +6,8 @@ from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageP
 
 from flmm.lmm.loading import without_video
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
+from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded, token_ids
+from tests.lmm.builders.qwen2_vl import QWEN_VISION  # GLM-4.1V's tower is Qwen2-VL's kind
 
 SPECIALS = {
     "image_token": "<|image|>",
@@ -28,12 +29,13 @@ TEMPLATE = (
     "{% else %}{{ c['text'] }}{% endif %}"
     "{% endfor %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+GLM_TOKENS = ("image_token", "video_token", "image_start_token", "image_end_token", "video_start_token",
+              "video_end_token")  # fmt: skip
 PATCH, MERGE = 14, 2
 
 
 def _glm4v() -> TinyFamily:
     tokenizer = build_tokenizer(CORPUS, SPECIALS)
-    ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in SPECIALS.items()}
     # As GLM-4.1V, rotary on half of each head (8 of 16 dims); the M-RoPE sections sum to that half / 2.
     rope = {
         "rope_type": "default",
@@ -43,11 +45,7 @@ def _glm4v() -> TinyFamily:
     }
     text = {**TEXT, "vocab_size": len(tokenizer), "rope_parameters": rope}
     vision = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": TEXT["hidden_size"],
+        **QWEN_VISION,
         "patch_size": PATCH,
         "spatial_merge_size": MERGE,
         "image_size": 8 * PATCH,  # an 8 x 8 learned position table, interpolated to the patch grid
@@ -55,12 +53,7 @@ def _glm4v() -> TinyFamily:
     config = Glm4vConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=ids["image_token"],
-        video_token_id=ids["video_token"],
-        image_start_token_id=ids["image_start_token"],
-        image_end_token_id=ids["image_end_token"],
-        video_start_token_id=ids["video_start_token"],
-        video_end_token_id=ids["video_end_token"],
+        **token_ids(tokenizer, SPECIALS, GLM_TOKENS),
     )
     model = seeded(lambda: Glm4vForConditionalGeneration._from_config(config))
     cell = PATCH * MERGE

@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded, text_config
+from tests.lmm.builders import CORPUS, SIGLIP, TEXT, TinyFamily, seeded, text_config
 
 SIDE, PATCH = 32, 8
 SPECIALS = {"image_token": "<image>", "newline_token": "\n"}
@@ -49,15 +49,7 @@ def _paligemma(name: str, version: int) -> TinyFamily:
             sliding_window=16,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
         )
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": SIDE,
-        "patch_size": PATCH,
-        "vision_use_head": False,
-    }
+    vision = {**SIGLIP, "image_size": SIDE, "patch_size": PATCH, "vision_use_head": False}
     config = PaliGemmaConfig(
         text_config=text,
         vision_config=vision,

@@ -14,7 +14,7 @@ from transformers import (
 
 from flmm.lmm.loading import without_video
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
+from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded, token_ids
 
 SPECIALS = {
     "image_token": "<|image_pad|>",
@@ -33,25 +33,24 @@ TEMPLATE = (
 )
 
 
+# Qwen-style vision tower at toy size (patch / merge sizes are each family's), its output the decoder's width.
+QWEN_VISION = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+QWEN_TOKENS = ("image_token", "video_token", "vision_start_token", "vision_end_token")
+
+
 def _qwen(name: str, config_class, model_class, processor_class, sliding: bool) -> TinyFamily:
     tokenizer = build_tokenizer(CORPUS, SPECIALS)
-    ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in SPECIALS.items()}
     rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}  # sums to head_dim / 2
     text = {**TEXT, "vocab_size": len(tokenizer), "rope_parameters": rope}
     if sliding:  # layers 1 and 2 see 12 keys back: shorter than every kit sequence
         text.update(use_sliding_window=True, sliding_window=12, max_window_layers=1)
-    vision = {"depth": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2}
-    if model_class is Qwen2VLForConditionalGeneration:
-        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+    if model_class is Qwen2VLForConditionalGeneration:  # Qwen2-VL names its tower's sizes otherwise
+        vision = {"depth": 2, "num_heads": 2, "embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2}
     else:
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64, fullatt_block_indexes=[1])
+        vision = {**QWEN_VISION, "fullatt_block_indexes": [1]}
+    vision.update(patch_size=14, spatial_merge_size=2)
     config = config_class(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["image_token"],
-        video_token_id=ids["video_token"],
-        vision_start_token_id=ids["vision_start_token"],
-        vision_end_token_id=ids["vision_end_token"],
+        text_config=text, vision_config=vision, **token_ids(tokenizer, SPECIALS, QWEN_TOKENS)
     )
     model = seeded(lambda: model_class._from_config(config))
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)

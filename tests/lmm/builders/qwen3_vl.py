@@ -11,36 +11,31 @@ from transformers import (
 
 from flmm.lmm.loading import without_video
 from flmm.lmm.tiny import build_tokenizer
-from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded
-from tests.lmm.builders.qwen2_vl import SPECIALS, TEMPLATE  # Qwen's tokens and chat format
+from tests.lmm.builders import CORPUS, TEXT, TinyFamily, seeded, token_ids
+from tests.lmm.builders.qwen2_vl import (  # Qwen's tokens and chat format
+    QWEN_TOKENS,
+    QWEN_VISION,
+    SPECIALS,
+    TEMPLATE,
+)
 
 PATCH, MERGE = 16, 2
 
 
 def _qwen3_vl() -> TinyFamily:
     tokenizer = build_tokenizer(CORPUS, SPECIALS)
-    ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in SPECIALS.items()}
     # Qwen3-VL's M-RoPE is always interleaved; the sections sum to head_dim / 2 (its default head_dim is 128).
     rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
     text = {**TEXT, "vocab_size": len(tokenizer), "head_dim": 16, "rope_parameters": rope}
     vision = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": TEXT["hidden_size"],
+        **QWEN_VISION,
         "patch_size": PATCH,
         "spatial_merge_size": MERGE,
         "num_position_embeddings": 64,  # an 8 x 8 learned table, interpolated to the patch grid
         "deepstack_visual_indexes": [0, 1],  # features of both ViT layers added after decoder layers 0, 1
     }
     config = Qwen3VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["image_token"],
-        video_token_id=ids["video_token"],
-        vision_start_token_id=ids["vision_start_token"],
-        vision_end_token_id=ids["vision_end_token"],
+        text_config=text, vision_config=vision, **token_ids(tokenizer, SPECIALS, QWEN_TOKENS)
     )
     model = seeded(lambda: Qwen3VLForConditionalGeneration._from_config(config))
     cell = PATCH * MERGE
