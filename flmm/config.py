@@ -30,6 +30,8 @@ class DataConfig:
     protocol: str = "all-sentences"
     batch_size: int = 2
     num_workers: int = 2
+    # Seconds a data worker may take for one batch before the run fails (a hung filesystem); with workers.
+    timeout_s: float = 600.0
     max_skip_fraction: float = 0.01
     seed: int = 0
     # Configs whose data is generated here give the keyword arguments of
@@ -99,6 +101,10 @@ class TrainConfig:
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0
     val_every_n_epochs: int = 1
+    # Checkpoints: every N optimizer steps (0: none between epoch ends) and at every epoch end; last.ckpt is
+    # always the newest. The best by `monitor` (max; null: the first val split's refined cIoU) is kept too.
+    checkpoint_every_n_steps: int = 500
+    monitor: str | None = None
     log_every_n_steps: int = 10
     overlay_samples: int = 4
     # Progress bars when stdout is a terminal; otherwise (nohup, SLURM) a plain line every N steps (0: none).

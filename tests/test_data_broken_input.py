@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from flmm.config import load_config
-from flmm.data.collate import collate_grounding
+from flmm.data.collate import collate_grounding, has_samples
 from flmm.data.datasets import PngDataset, RefCocoDataset
 from flmm.data.splits import build_split_dataset
 from flmm.errors import DataError
@@ -24,6 +25,11 @@ def _cfg(root, max_skip_fraction):
 
 def _every_sample(dataset):
     return [dataset[i] for i in range(len(dataset))]
+
+
+def _skip_reasons(dataset) -> list[str]:
+    """Why each broken record of `dataset` was skipped, as its samples report it."""
+    return [record.reason for sample in _every_sample(dataset) for record in sample["skipped"]]
 
 
 def _edit_refs(root, name, edit):
@@ -47,7 +53,7 @@ def test_missing_image_is_a_counted_skip_within_the_budget(writable_real_format)
     lost = sum(len(o.sentences) for o in dataset.refer.objects if o.image_id == 101)
     assert lost > 0
     assert len(samples) + lost == sum(len(o.sentences) for o in dataset.refer.objects)
-    assert dataset._budget.count == lost
+    assert len(dataset.load_skips) == lost
 
 
 def test_corrupt_image_in_training_is_replaced_once_and_the_epoch_goes_on(writable_real_format):
@@ -55,38 +61,39 @@ def test_corrupt_image_in_training_is_replaced_once_and_the_epoch_goes_on(writab
     path.write_bytes(b"not a jpeg at all")
     dataset = build_split_dataset(_cfg(writable_real_format, 0.5), "refcoco:train", "train")
     samples = _every_sample(dataset)
-    assert len(samples) == len(dataset) and all(s is not None for s in samples)
+    assert len(samples) == len(dataset) and all("image" in s for s in samples)
     assert all(s["image_id"] != 101 for s in samples)
-    assert dataset._budget.count == 1
-    assert "corrupt or truncated image" in dataset._budget.reasons[0]
+    [skipped] = [record for s in samples for record in s["skipped"]]
+    assert skipped.dataset == "refcoco:train (train)" and "corrupt or truncated image" in skipped.reason
 
 
 def test_corrupt_image_in_evaluation_is_dropped_not_replaced(writable_real_format):
     (writable_real_format / IMAGE_101).write_bytes(b"not a jpeg at all")
     dataset = build_split_dataset(_cfg(writable_real_format, 0.5), "refcoco:train", "all-sentences")
     samples = _every_sample(dataset)
-    kept = [s for s in samples if s is not None]
+    kept = [s for s in samples if "image" in s]
+    broken = [s for s in samples if "image" not in s]
     query_ids = [q["query_id"] for s in kept for q in s["queries"]]
-    assert len(query_ids) == len(set(query_ids)) == len(dataset) - dataset._budget.count
-    assert dataset._budget.count == sum(len(o.sentences) for o in dataset.refer.objects if o.image_id == 101)
+    assert len(query_ids) == len(set(query_ids)) == len(dataset) - len(broken)
+    assert len(broken) == sum(len(o.sentences) for o in dataset.refer.objects if o.image_id == 101)
     batch = collate_grounding(samples)
-    assert len(batch["queries"]) == len(kept)
-    assert collate_grounding([None, None]) is None
+    assert len(batch["queries"]) == len(kept) and len(batch["skipped"]) == len(broken)
+    assert not has_samples(collate_grounding(broken))
 
 
 def test_truncated_image_is_a_clear_error(writable_real_format):
     path = writable_real_format / IMAGE_101
     path.write_bytes(path.read_bytes()[:300])
     dataset = build_split_dataset(_cfg(writable_real_format, 0), "refcoco:train", "all-sentences")
-    with pytest.raises(DataError, match=r"000000000101\.jpg: corrupt or truncated image"):
-        _every_sample(dataset)
+    reasons = _skip_reasons(dataset)
+    assert reasons and all(re.search(r"000000000101\.jpg: corrupt or truncated image", r) for r in reasons)
 
 
 def test_image_of_another_size_than_annotated_is_refused(writable_real_format):
     Image.new("RGB", (10, 10)).save(writable_real_format / IMAGE_101)
     dataset = build_split_dataset(_cfg(writable_real_format, 0), "refcoco:train", "all-sentences")
-    with pytest.raises(DataError, match="annotation says 640x480"):
-        _every_sample(dataset)
+    reasons = _skip_reasons(dataset)
+    assert reasons and all("annotation says 640x480" in r for r in reasons)
 
 
 def test_ref_with_unknown_ann_id_is_skipped_and_counted(writable_real_format):
@@ -134,8 +141,8 @@ def test_png_segment_absent_from_the_panoptic_map_names_the_png(writable_real_fo
     ids[seg == 3000003] = 0
     Image.fromarray(ids.astype(np.uint8)).save(path)
     dataset = PngDataset(writable_real_format, "val2017", max_skip_fraction=0.0)
-    with pytest.raises(DataError, match=r"000000000500\.png: segment ids \[3000003\] .*no pixel"):
-        dataset[0]
+    [reason] = [r.reason for r in dataset[0]["skipped"]]
+    assert re.search(r"000000000500\.png: segment ids \[3000003\] .*no pixel", reason)
 
 
 def test_missing_annotation_files_say_what_is_missing_and_where(tmp_path):

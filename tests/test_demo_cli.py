@@ -20,8 +20,7 @@ from flmm.demo.answer import GenerationSettings
 from flmm.demo.phrases import answer_span, locate_phrases, marked_text
 from flmm.demo.pipeline import Demo, mask_box
 from flmm.lmm import LlavaAdapter
-from tests.conftest import load_tool
-from tests.test_engine_train import TOY_CONFIG, ToyWorld, build_toy_world, toy_overrides
+from tests.conftest import TOY_CONFIG, ToyWorld, build_toy_world, load_tool, toy_overrides
 from tests.test_reasonseg import write_reasonseg
 
 QUESTION = "What is the red circle?"

@@ -32,7 +32,7 @@ from PIL import Image
 from flmm.demo.answer import GenerationSettings
 from flmm.demo.pipeline import Demo
 from flmm.demo.web import UploadLimits, make_server
-from tests.test_engine_train import TOY_CONFIG, build_toy_world, toy_overrides
+from tests.conftest import TOY_CONFIG, build_toy_world, toy_overrides
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from flmm.engine.sampling import EpochSampler, ShardSampler
-from tests.conftest import REPO_ROOT, load_tool
-from tests.test_engine_train import (
+from tests.conftest import (
+    REPO_ROOT,
     TOY_CONFIG,
     TRAIN_STEPS,
     ToyWorld,
     build_toy_world,
+    load_tool,
     logged,
     read_metrics,
     toy_overrides,

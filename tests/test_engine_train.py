@@ -1,13 +1,11 @@
 """Training end to end on CPU through tools/train.py: outputs, checkpoints, resume, frozen weights, errors.
 
-One tiny synthetic world and one tiny LLaVA + SAM are built per session; every run trains a few steps of
-2 images. The helpers here (`ToyWorld`, `build_toy_world`, `toy_overrides`, `read_metrics`) are shared
-with tests/test_engine_ddp.py.
+One tiny synthetic world and one tiny LLaVA + SAM are built per session (tests/conftest.py); every run
+trains a few steps of 2 images.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 from dataclasses import dataclass
@@ -17,95 +15,21 @@ import pytest
 import torch
 
 from flmm.config import load_config
-from flmm.data.synthetic import SyntheticConfig, generate_world
 from flmm.engine.build import config_to_dict
 from flmm.engine.datamodule import GroundingDataModule
-from flmm.engine.module import GroundingModule
-from flmm.engine.toy import ensure_toy_models
-from tests.conftest import REPO_ROOT, load_tool
-
-TOY_CONFIG = REPO_ROOT / "configs" / "flmm_toy.yaml"
-LLAVA7B_CONFIG = REPO_ROOT / "configs" / "flmm_llava7b.yaml"
-TRAIN_STEPS = 3
-
-# A tiny LLaVA: 2 decoder layers x 2 heads, so the mask head sees C = 4 attention channels.
-TINY_LMM = {
-    "vision.image_size": 32,
-    "vision.hidden_size": 32,
-    "vision.intermediate_size": 64,
-    "vision.num_hidden_layers": 1,
-    "vision.num_attention_heads": 2,
-    "text.hidden_size": 32,
-    "text.intermediate_size": 64,
-    "text.num_hidden_layers": 2,
-    "text.num_attention_heads": 2,
-    "text.num_key_value_heads": 2,
-}
-
-
-@dataclass
-class ToyWorld:
-    """A generated synthetic data root and where its toy models live (built on first use)."""
-
-    data_root: Path
-    lmm: Path
-    sam: Path
-
-
-def toy_overrides(world: ToyWorld, output_dir: Path, *extra: str, lmm: Path | None = None) -> list[str]:
-    """`key=value` overrides that shrink configs/flmm_toy.yaml to a few seconds of CPU training."""
-    return [
-        f"output_dir={output_dir}",
-        f"data.root={world.data_root}",
-        "data.synthetic=null",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        f"model.lmm.model={lmm or world.lmm}",
-        f"model.refiner.checkpoint={world.sam}",
-        *(f"model.toy.lmm_sizes.{key}={value}" for key, value in TINY_LMM.items()),
-        # Random initial weights: pretraining the toy models is not what these tests are about.
-        "model.toy.pretrain_steps=0",
-        "model.toy.sam_pretrain_steps=0",
-        "model.mask_head.channels=[8,16,32,64]",
-        "model.mask_head.size=32",
-        "train.epochs=1",
-        f"train.limit_train_batches={TRAIN_STEPS}",
-        "train.limit_val_batches=2",
-        "train.log_every_n_steps=1",
-        "train.overlay_samples=2",
-        "train.progress_bar=false",
-        *extra,
-    ]
-
-
-def build_toy_world(root: Path) -> ToyWorld:
-    """Generate a 24 + 8 image synthetic world of 64 px images under `root` and build its toy models."""
-    world = ToyWorld(root / "data", root / "models" / "llava", root / "models" / "sam.pth")
-    generate_world(
-        world.data_root, SyntheticConfig(seed=0, n_res_images=24, n_png_images=8, size=64, max_objects=3)
-    )
-    ensure_toy_models(load_config(TOY_CONFIG, toy_overrides(world, root / "unused")))
-    return world
-
-
-def read_metrics(output_dir: Path, version: int = 0) -> list[dict[str, str]]:
-    """The rows of the CSV log that launch number `version` of a run wrote."""
-    with open(output_dir / "csv" / f"version_{version}" / "metrics.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def logged(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
-    """(step, value) of every row that logged `key`."""
-    return [(int(row["step"]), float(row[key])) for row in rows if row.get(key)]
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="session")
-def toy_world(tmp_path_factory) -> ToyWorld:
-    return build_toy_world(tmp_path_factory.mktemp("toy_world"))
+from flmm.engine.module import GroundingModule, warmup_cosine
+from tests.conftest import (
+    LLAVA7B_CONFIG,
+    REPO_ROOT,
+    TOY_CONFIG,
+    TRAIN_STEPS,
+    ToyWorld,
+    load_checkpoint,
+    load_tool,
+    logged,
+    read_metrics,
+    toy_overrides,
+)
 
 
 @pytest.fixture(scope="module")
@@ -158,15 +82,23 @@ def test_checkpoint_holds_trainable_weights_config_and_identity(smoke_run: Path)
     assert checkpoint["global_step"] == TRAIN_STEPS
 
 
-def test_resume_continues_from_the_stored_step_and_optimizer_state(
-    smoke_run: Path, toy_world: ToyWorld, tmp_path: Path
+def test_resume_with_more_epochs_needs_the_flag_and_follows_the_new_schedule(
+    smoke_run: Path, toy_world: ToyWorld, tmp_path: Path, capsys
 ):
     # Resumed where it ran (a copy, so that the other tests still see the first run).
     output_dir = tmp_path / "run"
     shutil.copytree(smoke_run, output_dir)
     argv = [str(TOY_CONFIG), *toy_overrides(toy_world, output_dir, "train.epochs=2")]
-    code = load_tool("train").main([*argv, "--resume", str(output_dir / "checkpoints" / "last.ckpt")])
-    assert code == 0
+    resume = ["--resume", str(output_dir / "checkpoints" / "last.ckpt")]
+    assert load_tool("train").main([*argv, *resume]) == 2
+    assert "train.epochs: 1 -> 2" in capsys.readouterr().err
+    assert load_tool("train").main([*argv, *resume, "--allow-config-change"]) == 0
+    # The schedule is recomputed for the new total (2 x TRAIN_STEPS steps, warmup 1) and the run goes on
+    # at the stored step of it: the LR jumps from the old schedule's end to the new one's value there.
+    lr = float(load_config(TOY_CONFIG).train.lr)
+    [(step, logged_lr)] = logged(read_metrics(output_dir, 1), "lr-AdamW")[:1]
+    assert step == TRAIN_STEPS
+    assert math.isclose(logged_lr, lr * warmup_cosine(TRAIN_STEPS, 2 * TRAIN_STEPS, 1), rel_tol=1e-6)
     # The newest epoch's checkpoint and last.ckpt, never a last-v1.ckpt beside an old one.
     names = {p.name for p in (output_dir / "checkpoints").iterdir()}
     newest = f"epoch001-step{2 * TRAIN_STEPS:06d}.ckpt"
@@ -334,7 +266,13 @@ def test_sigterm_writes_a_checkpoint_the_run_resumes_from(toy_world: ToyWorld, t
     checkpoint = load_checkpoint(output_dir / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] >= 2 and checkpoint["epoch"] == 0
     resumed = load_tool("train").main(
-        [*command[2:], "train.epochs=1", "--resume", str(output_dir / "checkpoints" / "last.ckpt")]
+        [
+            *command[2:],
+            "train.epochs=1",
+            "--resume",
+            str(output_dir / "checkpoints" / "last.ckpt"),
+            "--allow-config-change",
+        ]
     )
     assert resumed == 0
 

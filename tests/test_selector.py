@@ -15,7 +15,7 @@ from flmm.engine.build import config_to_dict
 from flmm.engine.evaluate import evaluate
 from flmm.engine.module import GroundingModule
 from flmm.models.selector import KeywordSelector, TokenF1, token_counts
-from tests.test_engine_train import TOY_CONFIG, build_toy_world, toy_overrides
+from tests.conftest import TOY_CONFIG, build_toy_world, toy_overrides
 
 SELECTOR = ["model.selector.type=KeywordSelector", "model.selector.width=16"]
 VAL_SPLITS = ["refcoco:val", "png:val2017"]

@@ -2,7 +2,8 @@
 
     python tools/demo.py --ckpt PATH --image IMG "What is the red object?"
     python tools/demo.py --mode attend-and-segment --config CONFIG --image IMG ["question"] [--phrases "a; b"]
-    python tools/demo.py --web [--port N] (--ckpt PATH | --mode attend-and-segment --config CONFIG)
+    python tools/demo.py --web [--port N] [--timeout S] [--max-connections N]
+        (--ckpt PATH | --mode attend-and-segment --config CONFIG)
 
 The LMM answers with its own generate() (greedy by default; --sample with --temperature / --top-p /
 --seed), the phrases to ground are chosen (--source: the whole answer, or the checkpoint's keyword
@@ -10,7 +11,8 @@ selector; --phrases grounds given phrases instead, found in the answer when they
 own) and grounded by the trained head of --ckpt or, training-free, by attend-and-segment (the attention
 peak as a SAM point prompt; --top-heads keeps only the most concentrated heads). Prints the answer with
 its phrases marked (--format plain|kosmos|glamm) and writes OUT/overlay.png and OUT/result.json.
---web serves the same on http://127.0.0.1:PORT/ instead. `key=value` arguments override the config.
+--web serves the same on http://127.0.0.1:PORT/ instead (a client has --timeout seconds to send its
+request; --max-connections are served at once, more get 503). `key=value` arguments override the config.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from flmm.demo.answer import GenerationSettings
 from flmm.demo.output import format_answer, write_outputs
 from flmm.demo.phrases import TEXT_FORMATS, parse_phrase_list
 from flmm.demo.pipeline import SOURCES, Demo
+from flmm.demo.web import ConnectionLimits, make_server
 from flmm.errors import FlmmError
 
 MODES = ("head", "attend-and-segment")
@@ -73,6 +76,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="build the toy models a checkpoint's config names if missing",
     )
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=ConnectionLimits.timeout_s,
+        metavar="S",
+        help="--web: seconds a client has to send its request, and again to read the answer",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=ConnectionLimits.max_connections,
+        metavar="N",
+        help="--web: connections served at once; one more gets 503",
+    )
     args = parse_with_overrides(parser, argv, "model.selector.threshold=0.3")
     if args.mode == "head" and (args.ckpt is None or args.config is not None):
         parser.error("mode head needs --ckpt (and no --config)")
@@ -98,11 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings.generate_kwargs()  # bad decoding options fail now, not at the first question
         if args.web:
-            from flmm.demo.web import make_server
-
+            connections = ConnectionLimits(args.timeout, args.max_connections)  # bad values fail first
             demo = load_demo(args)
             try:
-                server = make_server(demo, args.port, settings)
+                server = make_server(demo, args.port, settings, connections=connections)
             except OSError as exc:
                 raise ValueError(f"cannot serve on 127.0.0.1:{args.port}: {exc}") from None
             print(f"serving on http://127.0.0.1:{server.server_port}/ (Ctrl-C stops)")

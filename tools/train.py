@@ -1,11 +1,12 @@
 """Train the grounding head of a frozen LMM.
 
-    python tools/train.py CONFIG [key=value ...] [--resume PATH]
+    python tools/train.py CONFIG [key=value ...] [--resume PATH [--allow-config-change]]
 
 Everything the run writes goes under `output_dir`: TensorBoard logs, CSV logs (`csv/version_N/metrics.csv`,
 one version per launch, so a run resumed in the same `output_dir` keeps the earlier history), validation
-overlays, and checkpoints (`output_dir/checkpoints/last.ckpt` is always the latest). Multi-GPU and multi-node
-DDP use Lightning's own settings: `train.devices`, `train.num_nodes`, `train.strategy` (see README).
+overlays, and checkpoints (every `train.checkpoint_every_n_steps` steps and at epoch ends; the best by
+`train.monitor`; `output_dir/checkpoints/last.ckpt` is always the newest complete one). Multi-GPU and
+multi-node DDP use Lightning's own settings: `train.devices`, `train.num_nodes`, `train.strategy` (README).
 """
 
 from __future__ import annotations
@@ -31,35 +32,70 @@ from flmm.engine.build import config_to_dict, preflight
 from flmm.engine.callbacks import ValidationOverlays, progress_reporting
 from flmm.engine.checkpoint_io import SameFolderAtomicIO
 from flmm.engine.datamodule import GroundingDataModule
-from flmm.engine.module import GroundingModule, read_checkpoint
+from flmm.engine.module import GroundingModule, check_checkpoint_fits, read_checkpoint
+from flmm.engine.resume import check_resume_config
+from flmm.engine.skips import SkipCounter
 from flmm.engine.toy import ensure_toy_models
 from flmm.errors import ConfigError, FlmmError
 
 # The frozen LMM and SAM image encoder stay in eval mode on purpose (tests/test_engine_train.py checks it).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+# A mid-epoch resume is exact: the datamodule stores the data position (GroundingDataModule.state_dict); the
+# loader itself is not what Lightning calls "resumable" (tests/faults/test_kill_and_resume.py checks it).
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
+
+
+def checkpoint_callbacks(cfg, folder: Path) -> list[ModelCheckpoint]:
+    """Where a run's checkpoints come from (all in `folder`, written atomically by SameFolderAtomicIO):
+
+    - every `train.checkpoint_every_n_steps` steps (`step{step}.ckpt`, the newest kept) and at every epoch
+      end (`epoch{epoch}-step{step}.ckpt`, the newest kept); both also write `last.ckpt`, so it is always
+      the newest complete checkpoint;
+    - `best-epoch{epoch}-step{step}.ckpt`: the best validation score of `train.monitor` (max), when the
+      run validates;
+    - save_on_exception: a scheduler's SIGTERM (preemption) ends the run through Lightning's
+      SIGTERMException, which then writes a resumable checkpoint at the step reached, and so does an error.
+
+    No version counter: `last.ckpt` is overwritten even when this run did not write it (a fresh run in an
+    old output_dir, a run folder moved before resuming), instead of a new `last-v1.ckpt` beside it.
+    """
+    train = cfg.train
+    common = {"dirpath": folder, "auto_insert_metric_name": False, "enable_version_counter": False}
+    callbacks = [
+        ModelCheckpoint(
+            filename="epoch{epoch:03d}-step{step:06d}",
+            save_last=True,
+            save_top_k=1,
+            save_on_exception=True,
+            **common,
+        )
+    ]
+    if int(train.checkpoint_every_n_steps) > 0:
+        callbacks.append(
+            ModelCheckpoint(
+                filename="step{step:06d}",
+                every_n_train_steps=int(train.checkpoint_every_n_steps),
+                save_last=True,
+                save_top_k=1,
+                **common,
+            )
+        )
+    if cfg.data.val_splits and float(train.limit_val_batches) > 0:
+        monitor = train.monitor or f"val/{cfg.data.val_splits[0]}/cIoU"
+        callbacks.append(
+            ModelCheckpoint(
+                filename="best-epoch{epoch:03d}-step{step:06d}", monitor=monitor, mode="max", **common
+            )
+        )
+    return callbacks
 
 
 def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
-    """The Lightning Trainer of a config: loggers, checkpoints, overlays, precision, devices, DDP."""
+    """The Lightning Trainer of a config: loggers, checkpoints, overlays, skips, precision, devices, DDP."""
     train = cfg.train
     if "spawn" in str(train.strategy):
         # A pickled transformers model misses state its __init__ registers, so spawned workers cannot run it.
         raise ConfigError(f"train.strategy={train.strategy} is not supported; use ddp")
-    # No version counter: `last.ckpt` is overwritten even when this run did not write it (a fresh run in an
-    # old output_dir, a run folder moved before resuming), instead of a new `last-v1.ckpt` beside it.
-    # save_top_k=1 without a monitor keeps the newest epoch's checkpoint, and with it `last.ckpt` is written
-    # at every epoch end (save_top_k=0 would write it only when training ends: a crash would lose the run).
-    # save_on_exception: a scheduler's SIGTERM (preemption) ends the run through Lightning's SIGTERMException,
-    # which then writes a resumable checkpoint (and last.ckpt) at the step reached instead of losing it.
-    checkpoints = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="epoch{epoch:03d}-step{step:06d}",
-        auto_insert_metric_name=False,
-        save_last=True,
-        save_top_k=1,
-        save_on_exception=True,
-        enable_version_counter=False,
-    )
     show_bar, progress = progress_reporting(train.progress_bar, train.progress_every_n_steps)
     return pl.Trainer(
         default_root_dir=output_dir,
@@ -84,7 +120,8 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
             CSVLogger(output_dir, name="csv"),
         ],
         callbacks=[
-            checkpoints,
+            *checkpoint_callbacks(cfg, output_dir / "checkpoints"),
+            SkipCounter(cfg.data.max_skip_fraction),
             LearningRateMonitor(logging_interval="step"),
             ValidationOverlays(output_dir / "overlays", train.overlay_samples),
             *progress,
@@ -92,18 +129,28 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
     )
 
 
-def train(cfg, resume: str | None = None) -> Path:
-    """Run training for a loaded config; return the path of the last checkpoint."""
+def train(cfg, resume: str | None = None, allow_config_change: bool = False) -> Path:
+    """Run training for a loaded config; return the path of the last checkpoint.
+
+    `resume`: a checkpoint of this run to continue from; its stored config must equal `cfg` (up to where
+    things are, `flmm.engine.resume`) unless `allow_config_change`.
+    """
     pl.seed_everything(int(cfg.seed), workers=True)
+    checkpoint = None if resume is None else read_checkpoint(resume)
+    if checkpoint is not None:
+        stored = checkpoint["hyper_parameters"]["config"]
+        for change in check_resume_config(stored, config_to_dict(cfg), allow_config_change):
+            print(f"resuming with a changed config: {change}", flush=True)
     ensure_synthetic_world(cfg.data)
     ensure_toy_models(cfg)
     preflight(cfg, [*cfg.data.train_splits, *cfg.data.val_splits])
-    if resume is not None:
-        read_checkpoint(resume)
+    module = GroundingModule(config_to_dict(cfg))
+    if checkpoint is not None:
+        # Before anything is written: a refused checkpoint must leave its run folder as it was.
+        check_checkpoint_fits(module, checkpoint)
     output_dir = Path(str(cfg.output_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml")
-    module = GroundingModule(config_to_dict(cfg))
     datamodule = GroundingDataModule(cfg.data, module.adapter.image_transform())
     trainer = build_trainer(cfg, output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -120,10 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", default=None, help="checkpoint to continue from (e.g. OUT/checkpoints/last.ckpt)"
     )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="let --resume continue with a config that differs from the checkpoint's (README: Resuming)",
+    )
     args = parse_with_overrides(parser, argv, "train.epochs=2 data.root=/data")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        train(load_config(args.config, args.overrides), args.resume)
+        train(load_config(args.config, args.overrides), args.resume, args.allow_config_change)
     except FlmmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

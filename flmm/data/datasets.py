@@ -12,7 +12,12 @@ at the original resolution and the metadata of its query:
                  bool: True when the phrases are a selection of the text's words, so that which words lie
                  inside a phrase is a label of the text (PNG narratives); False when the text is made of
                  its phrases alone (RefCOCO expressions joined with ". ": every word is inside a phrase)
+    skipped      list of `Skipped`: the broken records this sample stands in for (training), if any
     + whatever the image transform adds (lmm_image, pad_meta, ...)
+
+A broken record in evaluation gives `{"skipped": [Skipped]}` and no sample. Either way the dataset does not
+decide whether a run has lost too much data: it runs in data workers, which see only their share, so the
+process that trains or evaluates counts the skips of all workers and ranks (`flmm.engine.skips`).
 
 Protocols (DESIGN.md §4): `train` groups all referred objects of an image in one sample with a fresh
 random sentence per object every epoch (call `set_epoch`); `all-sentences` makes every expression its own
@@ -22,8 +27,10 @@ one protocol, `narrative`: a caption and its grounded phrases.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,9 +43,20 @@ from flmm.data.skips import SkipBudget
 from flmm.errors import DataError
 from flmm.registry import DATASETS
 
+log = logging.getLogger("flmm.data")
+
 RES_PROTOCOLS = ("train", "all-sentences", "first-sentence-concat")
 PNG_PROTOCOLS = ("train", "narrative")
 PHRASE_SEPARATOR = ". "
+
+
+class Skipped(NamedTuple):
+    """A record that could not be built: its dataset's `records_name`, index in it, and why. (A tuple:
+    Lightning moves batches to the device field by field, and rebuilds tuples but not frozen dataclasses.)"""
+
+    dataset: str
+    index: int
+    reason: str
 
 
 def mask_bbox(mask: np.ndarray) -> list[float]:
@@ -59,13 +77,13 @@ def join_phrases(phrases: list[str]) -> tuple[str, list[tuple[int, int]]]:
 
 
 class GroundingDataset(Dataset):
-    """Shared machinery: epochs, the image transform, and counted skipping of broken samples.
+    """Shared machinery: epochs, the image transform, and skipping of broken samples.
 
     Image files are checked for existence when the dataset is built, so a missing file is reported before
-    any work starts. A sample that still cannot be built (corrupt image, unreadable mask) is logged and
-    counted once, so an epoch never dies halfway; past `max_skip_fraction` of the dataset either way, it is
-    an error. In training (`train` protocol) it is replaced by the next sample; in evaluation it becomes
-    None, which `collate_grounding` drops, so that no query is counted twice.
+    any work starts (and reported in `load_skips`). A sample that still cannot be built (corrupt image,
+    unreadable mask) is logged and reported in the sample (`skipped`), so an epoch never dies halfway. In
+    training (`train` protocol) it is replaced by the next sample; in evaluation its place holds only the
+    report, which `collate_grounding` drops from the batch, so that no query is counted twice.
     """
 
     name: str
@@ -75,19 +93,26 @@ class GroundingDataset(Dataset):
         self.max_skip_fraction = max_skip_fraction
         self.seed = seed
         self.epoch = 0
-        self._budget: SkipBudget | None = None
+        # Records dropped when the dataset was built (index -1, -2, ...: they have no place in it).
+        self.load_skips: list[Skipped] = []
 
     def _drop_missing_images(self, items: list, image_path: Callable[[object], Path]) -> list:
-        """Keep the items whose image file exists; count the others as skips."""
-        self._budget = SkipBudget(self.name, len(items), self.max_skip_fraction)
+        """Keep the items whose image file exists; count the others as skips (over the cap: DataError)."""
+        budget = SkipBudget(self.name, len(items), self.max_skip_fraction)
         kept = []
         for item in items:
             path = image_path(item)
             if path.is_file():
                 kept.append(item)
             else:
-                self._budget.skip(f"{path}: image file not found")
+                budget.skip(f"{path}: image file not found")
+        self.load_skips = [Skipped(self.records_name, -(k + 1), r) for k, r in enumerate(budget.reasons)]
         return kept
+
+    @property
+    def records_name(self) -> str:
+        """The name its skipped records are counted under: split and protocol (`refcoco:val (train)`)."""
+        return f"{self.name} ({self.protocol})"
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose random sentence draw `dataset[i]` uses."""
@@ -99,25 +124,29 @@ class GroundingDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, self.epoch)
 
-    def sample(self, index: int, epoch: int) -> dict | None:
-        """The sample at `index` with the sentence draw of `epoch` (samplers that know the epoch call this);
-        None for a broken sample outside training."""
-        if self._budget is None:
-            self._budget = SkipBudget(self.name, len(self), self.max_skip_fraction)
+    def sample(self, index: int, epoch: int) -> dict:
+        """The sample at `index` with the sentence draw of `epoch` (samplers that know the epoch call this).
+
+        A broken record is logged and reported in `skipped`: in training the next record that builds takes
+        its place; in evaluation the result is `{"skipped": [...]}` alone.
+        """
         attempts = len(self) if self.protocol == "train" else 1
+        skipped = []
         for attempt in range(attempts):
             candidate = (index + attempt) % len(self)
             try:
                 sample = self._build(candidate, epoch)
                 break
             except DataError as exc:
-                self._budget.skip(str(exc), key=candidate)
+                log.warning("%s: skipped record %d: %s", self.name, candidate, exc)
+                skipped.append(Skipped(self.records_name, candidate, str(exc)))
         else:
             if self.protocol != "train":
-                return None
-            raise DataError(f"{self.name}: no sample could be built")
+                return {"skipped": skipped}
+            raise DataError(f"{self.name}: no sample could be built; first problems: {skipped[:3]}")
         if self.transform is not None:
             sample.update(self.transform(sample["image"]))
+        sample["skipped"] = skipped
         return sample
 
 

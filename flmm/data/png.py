@@ -8,13 +8,14 @@ A singular phrase is a thing or stuff after its segment's category; plural phras
 
 from __future__ import annotations
 
-import json
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from flmm.data.image_io import read_image
+from flmm.data.safe_pickle import load_plain_json
 from flmm.data.skips import SkipBudget
 from flmm.errors import DataError
 
@@ -60,14 +61,35 @@ def png_paths(root: str | Path, split: str) -> tuple[Path, Path, Path, Path]:
     )
 
 
-def _read_json(path: Path, what: str) -> object:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (expected the {what})")
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+def _narrative_fields(record: object, where: str) -> tuple[int, str, list[dict]]:
+    """(image_id, caption, segments) of a narrative record, each of the right type."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: should be an object, found {type(record).__name__} {reprlib.repr(record)}")
+    missing = [key for key in ("image_id", "caption", "segments") if key not in record]
+    if missing:
+        raise DataError(f"{where}: field {missing[0]!r} is missing")
+    image_id, caption, segments = record["image_id"], record["caption"], record["segments"]
+    if isinstance(image_id, bool) or not str(image_id).strip().isdigit():
+        raise DataError(f"{where}: field 'image_id' should be a number, found {reprlib.repr(image_id)}")
+    if not isinstance(caption, str):
+        raise DataError(f"{where}: field 'caption' should be a string, found {type(caption).__name__}")
+    if not isinstance(segments, list) or not all(isinstance(s, dict) for s in segments):
+        raise DataError(
+            f"{where}: field 'segments' should be a list of objects, found {reprlib.repr(segments)}"
+        )
+    return int(image_id), caption, segments
+
+
+def _segment_ids(seg: dict, where: str) -> tuple[int, ...]:
+    """The panoptic ids of a grounded utterance: a list of numbers (strings in the PNG release)."""
+    ids = seg["segment_ids"]
+    if not isinstance(ids, list) or not all(
+        not isinstance(i, bool) and str(i).strip().isdigit() for i in ids
+    ):
+        raise DataError(
+            f"{where}: field 'segment_ids' should be a list of numbers, found {reprlib.repr(ids)}"
+        )
+    return tuple(int(i) for i in ids)
 
 
 def _locate(caption: str, utterance: str, cursor: int) -> tuple[int, int] | None:
@@ -82,11 +104,13 @@ def load_png_split(root: str | Path, split: str, max_skip_fraction: float = 0.0)
     pixels are checked later, when the mask is built.
     """
     narratives_path, panoptic_path, panoptic_dir, image_dir = png_paths(root, split)
-    narratives = _read_json(narratives_path, "PNG narratives list")
-    panoptic = _read_json(panoptic_path, "COCO panoptic annotations")
+    narratives = load_plain_json(narratives_path, "PNG narratives list")
+    panoptic = load_plain_json(panoptic_path, "COCO panoptic annotations")
     try:
         categories = {int(c["id"]): bool(c["isthing"]) for c in panoptic["categories"]}
-        images = {int(im["id"]): im for im in panoptic["images"]}
+        images = {
+            int(im["id"]): (im["file_name"], int(im["height"]), int(im["width"])) for im in panoptic["images"]
+        }
         segments = {
             int(a["image_id"]): (
                 a["file_name"],
@@ -104,14 +128,13 @@ def load_png_split(root: str | Path, split: str, max_skip_fraction: float = 0.0)
     budget = SkipBudget(f"png:{split} ({narratives_path})", len(narratives), max_skip_fraction)
     out = []
     for index, record in enumerate(narratives):
-        where = f"{narratives_path}: narrative #{index} (image_id {record.get('image_id', '?')})"
+        where = f"{narratives_path}: narrative #{index}"
         try:
-            image_id = int(record["image_id"])
-            caption = str(record["caption"])
-            raw_segments = list(record["segments"])
-        except (KeyError, TypeError, ValueError) as exc:
-            budget.skip(f"{where}: missing or bad field {exc}")
+            image_id, caption, raw_segments = _narrative_fields(record, where)
+        except DataError as exc:
+            budget.skip(str(exc))
             continue
+        where = f"{where} (image_id {image_id})"
         grounded = [s for s in raw_segments if s.get("segment_ids")]
         if not grounded:
             continue
@@ -122,15 +145,15 @@ def load_png_split(root: str | Path, split: str, max_skip_fraction: float = 0.0)
         phrases = _parse_phrases(raw_segments, caption, seg_categories, categories, where, budget)
         if phrases is None:
             continue
-        info = images[image_id]
+        image_name, height, width = images[image_id]
         out.append(
             Narrative(
                 index=index,
                 image_id=image_id,
-                image_path=image_dir / info["file_name"],
+                image_path=image_dir / image_name,
                 panoptic_path=panoptic_dir / png_name,
-                height=int(info["height"]),
-                width=int(info["width"]),
+                height=height,
+                width=width,
                 caption=caption,
                 phrases=tuple(phrases),
             )
@@ -155,10 +178,19 @@ def _parse_phrases(
             cursor = span[1]
         if not seg.get("segment_ids"):
             continue
-        if span is None or not utterance.strip():
-            budget.skip(f"{where}: utterance '{utterance}' is not in its caption")
+        problem = None
+        if not utterance.strip():
+            problem = f"grounded utterance {utterance!r} is empty or whitespace only"
+        elif span is None:
+            problem = f"utterance '{utterance}' is not in its caption"
+        if problem is not None:
+            budget.skip(f"{where}: {problem}")
             return None
-        ids = tuple(int(s) for s in seg["segment_ids"])
+        try:
+            ids = _segment_ids(seg, f"{where}: phrase '{utterance}'")
+        except DataError as exc:
+            budget.skip(str(exc))
+            return None
         missing = [s for s in ids if s not in seg_categories]
         if missing:
             budget.skip(
@@ -172,16 +204,15 @@ def _parse_phrases(
 
 
 def read_panoptic_ids(path: Path, expected_hw: tuple[int, int]) -> np.ndarray:
-    """Decode a panoptic PNG to a `(H, W)` int64 map of segment ids (R + 256 G + 256^2 B)."""
-    if not path.is_file():
-        raise DataError(f"{path}: panoptic PNG not found")
-    try:
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"), dtype=np.int64)
-    except OSError as exc:
-        raise DataError(f"{path}: corrupt or truncated panoptic PNG ({exc})") from exc
-    if rgb.shape[:2] != tuple(expected_hw):
-        raise DataError(f"{path}: panoptic map is {rgb.shape[:2]} but the image is {tuple(expected_hw)}")
+    """Decode a panoptic PNG to a `(H, W)` int64 map of segment ids (R + 256 G + 256^2 B).
+
+    The file is checked like an image (`read_image`: missing, empty, corrupt, another size than the image);
+    the ids live in 8-bit channels, so a wider mode cannot be a panoptic map.
+    """
+    img = read_image(path, expected_hw)
+    if img.mode not in ("RGB", "RGBA", "P"):
+        raise DataError(f"{path}: a panoptic PNG is 8-bit RGB, this one has mode {img.mode}")
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int64)
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 

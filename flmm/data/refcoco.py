@@ -7,7 +7,8 @@ objects). Masks are decoded with pycocotools at the image's original size.
 
 from __future__ import annotations
 
-import json
+import math
+import reprlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from flmm.data.safe_pickle import load_plain_pickle
+from flmm.data.safe_pickle import load_plain_json, load_plain_pickle
 from flmm.data.skips import SkipBudget
 from flmm.errors import DataError
 
@@ -26,6 +27,9 @@ REFER_DATASETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "refcocog": ("refcocog", "refs(umd).p", ("train", "val", "test")),
 }
 RES_IMAGE_DIR = "train2014"
+# How far (pixels) polygon coordinates may lie outside the image: annotation tools round and click on
+# the border, and pycocotools clips them; further out, the polygon was drawn for another image size.
+POLYGON_SLACK_PX = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,22 +84,88 @@ def refer_paths(root: str | Path, dataset: str) -> tuple[Path, Path]:
     return base / refs_name, base / "instances.json"
 
 
+def _describe(value: object) -> str:
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def _field(record: dict, key: str, where: str) -> object:
+    if key not in record:
+        raise DataError(f"{where}: field '{key}' is missing")
+    return record[key]
+
+
+def _int_field(record: dict, key: str, where: str) -> int:
+    """`record[key]` as an int: an int, an integral float or a string of digits, nothing else."""
+    value = _field(record, key, where)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass  # reported below, with the other wrong types
+    raise DataError(f"{where}: field '{key}' should be an integer, found {_describe(value)}")
+
+
+def _str_field(record: dict, key: str, where: str) -> str:
+    value = _field(record, key, where)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{key}' should be a string, found {_describe(value)}")
+    return value
+
+
+def _list_field(record: object, key: str, where: str) -> list:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: should be a JSON object, found {type(record).__name__}")
+    value = _field(record, key, where)
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field '{key}' should be a list, found {type(value).__name__}")
+    return value
+
+
+def _image_info(im: object, image_dir: Path, where: str) -> ImageInfo:
+    if not isinstance(im, dict):
+        raise DataError(f"{where}: should be an object, found {_describe(im)}")
+    height, width = _int_field(im, "height", where), _int_field(im, "width", where)
+    if height <= 0 or width <= 0:
+        raise DataError(f"{where}: image size {height}x{width} (HxW) is not positive")
+    return ImageInfo(
+        _int_field(im, "id", where), image_dir / _str_field(im, "file_name", where), height, width
+    )
+
+
 def _read_instances(path: Path, image_dir: Path) -> tuple[dict[int, ImageInfo], dict[int, dict]]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (expected the COCO instances.json of this dataset)")
-    try:
-        with path.open(encoding="utf-8") as f:
-            instances = json.load(f)
-        images = {
-            int(im["id"]): ImageInfo(
-                int(im["id"]), image_dir / im["file_name"], int(im["height"]), int(im["width"])
-            )
-            for im in instances["images"]
-        }
-        anns = {int(a["id"]): a for a in instances["annotations"]}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: not a COCO instances file ({type(exc).__name__}: {exc})") from exc
+    """Images (id -> ImageInfo) and annotations (id -> the raw annotation) of an instances.json.
+
+    A malformed image or annotation entry is an error naming its index: the file as a whole is suspect.
+    """
+    instances = load_plain_json(path, "COCO instances.json of this dataset")
+    images = {}
+    for i, im in enumerate(_list_field(instances, "images", str(path))):
+        info = _image_info(im, image_dir, f"{path}: images[{i}]")
+        images[info.image_id] = info
+    anns = {}
+    for i, ann in enumerate(_list_field(instances, "annotations", str(path))):
+        if not isinstance(ann, dict):
+            raise DataError(f"{path}: annotations[{i}] should be an object, found {_describe(ann)}")
+        anns[_int_field(ann, "id", f"{path}: annotations[{i}]")] = ann
     return images, anns
+
+
+def _checked_refs(raw_refs: object, refs_path: Path) -> list[dict]:
+    """The refs of a refs file, each a dict with a string `split`; anything else is not a refs file.
+
+    A ref without a usable split cannot even be counted as a skip of the right split, so it is an error.
+    """
+    if not isinstance(raw_refs, list):
+        raise DataError(f"{refs_path}: expected a list of refs, found {type(raw_refs).__name__}")
+    for i, ref in enumerate(raw_refs):
+        if not isinstance(ref, dict):
+            raise DataError(f"{refs_path}: ref #{i} should be a dict, found {_describe(ref)}")
+        _str_field(ref, "split", f"{refs_path}: ref #{i} (ref_id {reprlib.repr(ref.get('ref_id', '?'))})")
+    return raw_refs
 
 
 def load_refer_split(
@@ -103,82 +173,200 @@ def load_refer_split(
 ) -> ReferSplit:
     """Load the refs of one split of `dataset` ("refcoco", "refcoco+" or "refcocog").
 
-    Refs whose ann_id is not in instances.json, whose image is missing from instances.json or whose
-    sentence list is empty are skipped and counted (see `SkipBudget`); the image files themselves are
-    read later, when a sample is built.
+    Refs with a missing or mistyped field, whose ann_id is not in instances.json, whose image is missing
+    from instances.json or with an empty sentence are skipped and counted (see `SkipBudget`); the image
+    files themselves are read later, when a sample is built.
     """
     refs_path, instances_path = refer_paths(root, dataset)
     splits = REFER_DATASETS[dataset][2]
     if split not in splits:
         raise DataError(f"{dataset} has splits {list(splits)}, not '{split}'")
-    raw_refs = load_plain_pickle(refs_path)
-    if not isinstance(raw_refs, list):
-        raise DataError(f"{refs_path}: expected a list of refs, found {type(raw_refs).__name__}")
+    raw_refs = _checked_refs(load_plain_pickle(refs_path), refs_path)
     images, anns = _read_instances(instances_path, Path(root) / "coco" / RES_IMAGE_DIR)
 
-    in_split = [r for r in raw_refs if isinstance(r, dict) and r.get("split") == split]
+    in_split = [(i, r) for i, r in enumerate(raw_refs) if r["split"] == split]
     budget = SkipBudget(f"{dataset}:{split} ({refs_path})", len(in_split), max_skip_fraction)
     objects = []
-    for ref in in_split:
-        obj = _parse_ref(ref, refs_path, anns, images, budget)
+    for index, ref in in_split:
+        obj = _parse_ref(index, ref, refs_path, anns, images, budget)
         if obj is not None:
             objects.append(obj)
     used_images = {o.image_id for o in objects}
     return ReferSplit(dataset, split, refs_path, {i: images[i] for i in used_images}, objects)
 
 
+def _sentences(ref: dict, where: str) -> tuple[list[str], list[int]]:
+    """The stripped texts and the ids of a ref's sentences."""
+    raw = _field(ref, "sentences", where)
+    if not isinstance(raw, (list, tuple)):
+        raise DataError(f"{where}: field 'sentences' should be a list of dicts, found {_describe(raw)}")
+    texts, ids = [], []
+    for k, sentence in enumerate(raw):
+        at = f"{where}: sentences[{k}]"
+        if not isinstance(sentence, dict):
+            raise DataError(f"{at} should be a dict, found {_describe(sentence)}")
+        texts.append(_str_field(sentence, "sent", at).strip())
+        ids.append(_int_field(sentence, "sent_id", at))
+    return texts, ids
+
+
+def _annotation_fields(ann: dict, where: str) -> tuple[object, tuple[float, float, float, float]]:
+    """(segmentation, bbox) of an annotation; the segmentation itself is checked when it is decoded."""
+    segmentation = _field(ann, "segmentation", where)
+    if not isinstance(segmentation, (list, dict)):
+        raise DataError(
+            f"{where}: field 'segmentation' should be polygons or an RLE, found {_describe(segmentation)}"
+        )
+    bbox = _field(ann, "bbox", where)
+    if not (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    ):
+        raise DataError(f"{where}: field 'bbox' should be 4 numbers [x, y, w, h], found {_describe(bbox)}")
+    return segmentation, tuple(float(v) for v in bbox)
+
+
 def _parse_ref(
-    ref: dict, refs_path: Path, anns: dict[int, dict], images: dict[int, ImageInfo], budget: SkipBudget
+    index: int,
+    ref: dict,
+    refs_path: Path,
+    anns: dict[int, dict],
+    images: dict[int, ImageInfo],
+    budget: SkipBudget,
 ) -> ReferredObject | None:
     try:
-        ref_id, ann_id, image_id = int(ref["ref_id"]), int(ref["ann_id"]), int(ref["image_id"])
-        sentences = [str(s["sent"]).strip() for s in ref["sentences"]]
-        sent_ids = [int(s["sent_id"]) for s in ref["sentences"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        budget.skip(f"{refs_path}: malformed ref {ref.get('ref_id', '?')}: missing or bad field {exc}")
+        where = f"{refs_path}: ref #{index} (ref_id {reprlib.repr(ref.get('ref_id', '?'))})"
+        ref_id, ann_id = _int_field(ref, "ref_id", where), _int_field(ref, "ann_id", where)
+        image_id = _int_field(ref, "image_id", where)
+        sentences, sent_ids = _sentences(ref, where)
+        where = f"{refs_path}: ref_id {ref_id} (ann_id {ann_id}, image_id {image_id})"
+        if ann_id not in anns:
+            raise DataError(f"{where}: ann_id {ann_id} is not in instances.json")
+        if image_id not in images:
+            raise DataError(f"{where}: image_id {image_id} is not in instances.json")
+        if not sentences:
+            raise DataError(f"{where}: empty sentence list")
+        blank = [f"sentences[{k}] (sent_id {sent_ids[k]})" for k, s in enumerate(sentences) if not s]
+        if blank:
+            raise DataError(f"{where}: empty sentence: {', '.join(blank)} is empty or whitespace only")
+        ann = anns[ann_id]
+        segmentation, bbox = _annotation_fields(
+            ann, f"{refs_path.parent / 'instances.json'}: ann_id {ann_id}"
+        )
+        category_id = _int_field(ref if "category_id" in ref else ann, "category_id", where)
+    except DataError as exc:
+        budget.skip(str(exc))
         return None
-    where = f"{refs_path}: ref_id {ref_id} (ann_id {ann_id}, image_id {image_id})"
-    if ann_id not in anns:
-        budget.skip(f"{where}: ann_id {ann_id} is not in instances.json")
-        return None
-    if image_id not in images:
-        budget.skip(f"{where}: image_id {image_id} is not in instances.json")
-        return None
-    if not sentences or not all(sentences):
-        budget.skip(f"{where}: empty sentence list or empty sentence")
-        return None
-    ann = anns[ann_id]
     return ReferredObject(
         ref_id=ref_id,
         ann_id=ann_id,
         image_id=image_id,
-        category_id=int(ref.get("category_id", ann.get("category_id", -1))),
-        split=str(ref["split"]),
+        category_id=category_id,
+        split=ref["split"],
         sentences=tuple(sentences),
         sent_ids=tuple(sent_ids),
-        segmentation=ann["segmentation"],
-        bbox=tuple(float(v) for v in ann["bbox"]),
+        segmentation=segmentation,
+        bbox=bbox,
     )
 
 
 def decode_segmentation(segmentation: object, height: int, width: int, where: str) -> np.ndarray:
-    """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to a `(H, W)` bool mask."""
+    """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to a `(H, W)` bool mask.
+
+    Everything pycocotools would trip over is checked first: it hangs on non-finite polygon coordinates
+    and returns uninitialised memory for RLE counts that do not cover the image. A mask that covers no
+    pixel is an error too: its object cannot be grounded.
+    """
+    if isinstance(segmentation, list):
+        rle = _polygons_rle(segmentation, height, width, where)
+    elif isinstance(segmentation, dict):
+        rle = _checked_rle(segmentation, height, width, where)
+    else:
+        raise DataError(
+            f"{where}: segmentation should be polygons or an RLE, found {_describe(segmentation)}"
+        )
+    mask = mask_utils.decode(rle).astype(bool)
+    if not mask.any():
+        raise DataError(f"{where}: the segmentation covers no pixel of its {height}x{width} (HxW) image")
+    return mask
+
+
+def _polygons_rle(polygons: list, height: int, width: int, where: str) -> dict:
+    """Merged RLE of COCO polygons `[[x0, y0, x1, y1, ...], ...]` after checking their coordinates."""
+    # Fewer than 3 points is no area; pycocotools would even read a 4-number list as a box.
+    checked = [
+        _polygon(p, height, width, f"{where}: polygon {k}")
+        for k, p in enumerate(polygons)
+        if not isinstance(p, list) or len(p) >= 6
+    ]
+    if not checked:
+        raise DataError(f"{where}: cannot decode segmentation: no polygon with at least three points")
+    return mask_utils.merge(mask_utils.frPyObjects(checked, height, width))
+
+
+def _polygon(polygon: object, height: int, width: int, where: str) -> list[float]:
     try:
-        if isinstance(segmentation, list):
-            polygons = [p for p in segmentation if len(p) >= 6]
-            if not polygons:
-                raise ValueError("no polygon with at least three points")
-            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        elif isinstance(segmentation, dict):
-            rle = dict(segmentation)
-            if isinstance(rle["counts"], str):
-                rle["counts"] = rle["counts"].encode("ascii")
-        else:
-            raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
-        if list(rle["size"]) != [height, width]:
-            raise ValueError(f"RLE size {list(rle['size'])} differs from the image size {[height, width]}")
-        return mask_utils.decode(rle).astype(bool)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{where}: cannot decode segmentation ({exc})") from exc
+        coords = np.asarray(polygon, dtype=np.float64)
+    except (TypeError, ValueError):
+        coords = None
+    if coords is None or coords.ndim != 1 or len(coords) % 2:
+        raise DataError(f"{where}: should be a flat list of x, y numbers, found {_describe(polygon)}")
+    if not np.isfinite(coords).all():
+        raise DataError(f"{where}: has a coordinate that is not a finite number")
+    for axis, name, side in ((0, "x", width), (1, "y", height)):
+        values = coords[axis::2]
+        if values.min() < -POLYGON_SLACK_PX or values.max() > side + POLYGON_SLACK_PX:
+            raise DataError(
+                f"{where}: {name} spans {values.min():g}..{values.max():g}, beyond the image's "
+                f"{height}x{width} (HxW): drawn for another image size?"
+            )
+    return coords.tolist()
+
+
+def _checked_rle(segmentation: dict, height: int, width: int, where: str) -> dict:
+    """A pycocotools RLE of an uncompressed (counts list) or compressed (counts string) COCO RLE whose
+    size is the image's and whose counts cover exactly its `height * width` pixels."""
+    size, counts = segmentation.get("size"), segmentation.get("counts")
+    if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
+        raise DataError(f"{where}: RLE size {_describe(size)} differs from the image size {[height, width]}")
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise DataError(f"{where}: RLE counts should be non-negative integers")
+        covered = sum(counts)
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    elif isinstance(counts, (str, bytes)):
+        encoded = counts.encode("utf-8") if isinstance(counts, str) else counts
+        covered = sum(_compressed_counts(encoded, where))
+        rle = {"size": [height, width], "counts": encoded}
+    else:
+        raise DataError(f"{where}: RLE counts should be a list or a string, found {_describe(counts)}")
+    if covered != height * width:
+        raise DataError(
+            f"{where}: RLE counts cover {covered} pixels but the {height}x{width} image has {height * width}"
+        )
+    return rle
+
+
+def _compressed_counts(encoded: bytes, where: str) -> list[int]:
+    """Decode COCO's compressed RLE string (pycocotools' rleFrString): runs of 5-bit groups in characters
+    48..111, 0x20 = more groups follow, 0x10 in the last group = negative; from the third run on, each is
+    stored as the difference to the run two before."""
+    counts, p = [], 0
+    while p < len(encoded):
+        value, shift, more = 0, 0, True
+        while more:
+            if p >= len(encoded) or not 0 <= encoded[p] - 48 < 64:
+                raise DataError(f"{where}: compressed RLE counts are malformed at character {p}")
+            group = encoded[p] - 48
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            p, shift = p + 1, shift + 5
+            if not more and group & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        if value < 0:
+            raise DataError(f"{where}: compressed RLE counts decode to a negative run")
+        counts.append(value)
+    return counts

@@ -30,14 +30,19 @@ class SkipBudget:
     def count(self) -> int:
         return len(self.reasons)
 
-    def skip(self, reason: str, key: object = None) -> None:
-        """Record one skipped record (once per `key`); raise DataError when the cap is exceeded."""
+    def skip(self, reason: str, key: object = None, enforce: bool = True) -> None:
+        """Record one skipped record (once per `key`); then `check()` unless not `enforce`."""
         if key is not None:
             if key in self._keys:
                 return
             self._keys.add(key)
         self.reasons.append(reason)
         log.warning("%s: skipped (%d so far): %s", self.name, self.count, reason)
+        if enforce:
+            self.check()
+
+    def check(self) -> None:
+        """Raise DataError when the skipped share exceeds the cap."""
         if self.count / self.total > self.max_fraction:
             shown = "\n  ".join(self.reasons[:5])
             raise DataError(

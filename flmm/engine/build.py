@@ -115,7 +115,8 @@ def preflight(cfg: DictConfig, splits: list[str], hint: str = "") -> None:
     """Raise one FlmmError listing every missing weight file and dataset the config needs (and `hint`)."""
     problems = []
     try:
-        resolve_checkpoint(cfg.model.lmm.get("model", ""), cfg.model.lmm.get("local_files_only"))
+        lmm = cfg.model.lmm
+        resolve_checkpoint(lmm.get("model", ""), lmm.get("local_files_only"), lmm.get("revision"))
     except MissingWeightsError as exc:
         problems.append(f"LMM weights (model.lmm.model): {exc}")
     refiner = cfg.model.refiner

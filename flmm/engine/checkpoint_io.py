@@ -9,6 +9,7 @@ stays whole until the new one is complete, whatever byte the write is interrupte
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ class SameFolderAtomicIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        # What a killed write left behind (SIGKILL skips the clean-up below); one process writes a run's
+        # checkpoints (global rank 0), so no other write of this name is in progress.
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+            stale.unlink(missing_ok=True)
         try:
             with open(partial, "wb") as handle:
                 torch.save(checkpoint, handle)

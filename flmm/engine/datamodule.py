@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from flmm.data.collate import collate_grounding
-from flmm.data.datasets import GroundingDataset
+from flmm.data.datasets import GroundingDataset, Skipped
 from flmm.data.splits import build_split_dataset
 from flmm.engine.sampling import EpochMixture, EpochSampler, ShardSampler
 
@@ -20,8 +20,9 @@ class GroundingDataModule(pl.LightningDataModule):
 
     `transform` turns an RGB image into the LMM's inputs (see `LMMAdapter.image_transform`).
     Samplers are made here, not by Lightning (run the Trainer with `use_distributed_sampler=False`): under
-    DDP training shards with `EpochSampler` (fresh sentences every epoch), evaluation with `ShardSampler`,
-    which never repeats a query.
+    DDP training shards with `EpochSampler` (fresh sentences every epoch; its position is saved in
+    checkpoints by `state_dict`, so a resume continues exactly where the run stopped), evaluation with
+    `ShardSampler`, which never repeats a query.
     """
 
     def __init__(self, data_cfg, transform: Callable[[np.ndarray], dict]):
@@ -30,10 +31,20 @@ class GroundingDataModule(pl.LightningDataModule):
         self.transform = transform
         self.train_parts: list[GroundingDataset] = []
         self.val_sets: list[GroundingDataset] = []
+        self._resume_at: tuple[int, int] | None = None
 
     @property
     def val_split_names(self) -> list[str]:
         return list(self.data_cfg.val_splits)
+
+    def dataset_sizes(self) -> dict[str, int]:
+        """{records name: records} of every dataset set up (those dropped when it was built included), for
+        the run's skip budget (`flmm.engine.skips`)."""
+        return {d.records_name: len(d) + len(d.load_skips) for d in (*self.train_parts, *self.val_sets)}
+
+    def load_skips(self) -> list[Skipped]:
+        """The records every dataset set up dropped when it was built (missing image files)."""
+        return [record for d in (*self.train_parts, *self.val_sets) for record in d.load_skips]
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and not self.train_parts:
@@ -48,18 +59,45 @@ class GroundingDataModule(pl.LightningDataModule):
             ]
 
     def _loader(self, dataset, sampler) -> DataLoader:
+        workers = int(self.data_cfg.num_workers)
         return DataLoader(
             dataset,
             batch_size=int(self.data_cfg.batch_size),
             sampler=sampler,
-            num_workers=int(self.data_cfg.num_workers),
+            num_workers=workers,
             collate_fn=collate_grounding,
-            persistent_workers=int(self.data_cfg.num_workers) > 0,
+            persistent_workers=workers > 0,
+            # A worker stuck on a file (a hung network filesystem) fails the run instead of hanging it.
+            timeout=float(self.data_cfg.timeout_s) if workers > 0 else 0.0,
         )
 
     def train_dataloader(self) -> DataLoader:
         mixture = EpochMixture(self.train_parts)
-        return self._loader(mixture, EpochSampler(len(mixture), seed=int(self.data_cfg.seed)))
+        sampler = EpochSampler(len(mixture), seed=int(self.data_cfg.seed))
+        if self._resume_at is not None:
+            epoch, batches_done = self._resume_at
+            sampler.set_epoch(epoch)
+            sampler.resume(epoch, batches_done * int(self.data_cfg.batch_size))
+        return self._loader(mixture, sampler)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the training data stands, saved in every checkpoint: `epoch` and `batches_done`, the
+        batches the trainer has trained on in it (the next epoch and 0 once an epoch is done). Counted from
+        the trainer's progress, not by the loader: the trainer fetches a batch ahead, workers further."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:
+            return {"epoch": trainer.current_epoch + 1, "batches_done": 0}
+        return {"epoch": trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume the training data at a checkpoint's position. Lightning restores the datamodule before it
+        first asks for the train loader (and before it sets the sampler's epoch, which it does after making
+        the first iterator: the epoch is set here, or a resumed run would replay epoch 0's order)."""
+        if state:
+            self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(dataset, ShardSampler(len(dataset))) for dataset in self.val_sets]

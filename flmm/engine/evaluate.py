@@ -35,8 +35,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from flmm.config import FlmmConfig, load_config
-from flmm.data.collate import collate_grounding
-from flmm.data.datasets import GroundingDataset
+from flmm.data.collate import collate_grounding, has_samples
+from flmm.data.datasets import GroundingDataset, Skipped
 from flmm.data.splits import build_split_dataset, default_eval_splits, parse_split
 from flmm.engine.build import check_components, config_to_dict
 from flmm.engine.callbacks import progress_reporting
@@ -132,17 +132,13 @@ class _Indexed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict | None:
-        sample = self.dataset[index]
-        return None if sample is None else {**sample, "sample_index": index}
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "sample_index": index}
 
 
-def collate_indexed(samples: list[dict | None]) -> dict | None:
-    """`collate_grounding` plus `sample_index`, a list of B ints; None when every sample was broken."""
-    samples = [s for s in samples if s is not None]
-    if not samples:
-        return None
-    indices = [s.pop("sample_index") for s in samples]
+def collate_indexed(samples: list[dict]) -> dict:
+    """`collate_grounding` plus `sample_index`, a list of B ints (of the samples that were not broken)."""
+    indices = [s.pop("sample_index") for s in samples if "image" in s]
     return {**collate_grounding(samples), "sample_index": indices}
 
 
@@ -189,8 +185,8 @@ def _gather_to_rank_zero(obj: Any) -> list[Any] | None:
 class EvaluationModule(pl.LightningModule):
     """Lightning's test loop around a predictor: metric sums per task, per-query records, the report.
 
-    `report(metrics, gathered)` (a `ReportWriter`) runs on global rank 0 at the end with, per task, the
-    reduced `(refined, coarse)` metric dicts, and every rank's records.
+    `report(metrics, gathered, skipped)` (a `ReportWriter`) runs on global rank 0 at the end with, per task,
+    the reduced `(refined, coarse)` metric dicts, every rank's records, and the broken records of all ranks.
     """
 
     def __init__(
@@ -208,6 +204,7 @@ class EvaluationModule(pl.LightningModule):
         self.coarse_metrics = nn.ModuleList(PngRecallMetrics() if t.is_png else ResMetrics() for t in tasks)
         self.extra_metrics = nn.ModuleList(TaskExtraMetrics(t.dataset) for t in tasks)
         self.records: list[list[QueryRecord]] = [[] for _ in tasks]
+        self.skipped: list[list[Skipped]] = [[] for _ in tasks]
 
     def on_test_epoch_start(self) -> None:
         # Fresh state tensors in every process: `ddp_spawn` on CPU hands the module to its workers through
@@ -215,9 +212,11 @@ class EvaluationModule(pl.LightningModule):
         for metric in (*self.refined_metrics, *self.coarse_metrics, *self.extra_metrics):
             metric.reset()
         self.records = [[] for _ in self.tasks]
+        self.skipped = [[] for _ in self.tasks]
 
-    def test_step(self, batch: dict | None, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch is None:  # every sample of the batch was broken (counted and logged by the dataset)
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.skipped[dataloader_idx] += batch["skipped"]
+        if not has_samples(batch):  # every sample was broken (logged, and counted in the results)
             return
         predictions = self.predictor(batch)
         queries = [q for qs in batch["queries"] for q in qs]
@@ -256,9 +255,11 @@ class EvaluationModule(pl.LightningModule):
             ({**refined.compute(), **extra.compute()}, coarse.compute())
             for refined, coarse, extra in zip(self.refined_metrics, self.coarse_metrics, self.extra_metrics)
         ]
-        gathered = _gather_to_rank_zero(self.records)
+        gathered = _gather_to_rank_zero((self.records, self.skipped))
         if gathered is not None:
-            self.report(metrics, gathered)
+            records, skipped = zip(*gathered)
+            per_task = [[record for rank in skipped for record in rank[i]] for i in range(len(self.tasks))]
+            self.report(metrics, list(records), per_task)
 
 
 def resolve_splits(cfg: DictConfig, splits: Sequence[str] | None) -> list[str]:

@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
+from flmm.data.collate import has_samples
 from flmm.engine.build import build_adapter, build_grounding_model, build_text_component
 from flmm.engine.metrics import ResMetrics, binarize
 from flmm.errors import ConfigError, FlmmError
@@ -187,10 +188,8 @@ class GroundingModule(pl.LightningModule):
             )
         return {name: torch.stack([terms[name] for terms in per_image]).mean() for name in per_image[0]}
 
-    def validation_step(
-        self, batch: dict | None, batch_idx: int, dataloader_idx: int = 0
-    ) -> GroundingOutput | None:
-        if batch is None:  # every sample of the batch was broken (counted and logged by the dataset)
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> GroundingOutput | None:
+        if not has_samples(batch):  # every sample was broken (logged; counted by `flmm.engine.skips`)
             return None
         grounded = self.ground(batch)
         out, image_index = grounded.out, grounded.image_index
@@ -240,6 +239,16 @@ class GroundingModule(pl.LightningModule):
         scheduler = LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """Set the LR of the schedule at the step the run starts from. A resumed optimizer holds the LR the
+        stored run had; after a resume with another total (more epochs) the schedule is recomputed, and its
+        value at the resumed step applies from the first step on (same config: the same value)."""
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            factors = [factor(scheduler.last_epoch) for factor in scheduler.lr_lambdas]
+            for group, base_lr, f in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, factors):
+                group["lr"] = base_lr * f
+
     def on_before_optimizer_step(self, optimizer) -> None:
         """Skip a step whose gradients are not finite (a NaN / inf loss, an overflow): the gradients are
         dropped, so AdamW leaves weights and moments untouched (the LR schedule still advances). Counted in
@@ -271,6 +280,7 @@ class GroundingModule(pl.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN_PREFIXES)
         }
         checkpoint["flmm_identity"] = self.lmm_identity()
+        checkpoint["flmm_lmm_source"] = self.adapter.source
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_checkpoint_fits(self, checkpoint)
@@ -289,6 +299,7 @@ def check_checkpoint_fits(module: GroundingModule, checkpoint: dict) -> None:
             if theirs.get(k) != mine[k]
         )
         raise ConfigError(f"the checkpoint belongs to another LMM or head ({diffs})")
+    check_same_weights(module.adapter.source, checkpoint.get("flmm_lmm_source"))
     expected = {k: v for k, v in module.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
     stored = checkpoint["state_dict"]
     missing = sorted(set(expected) - set(stored))
@@ -298,6 +309,25 @@ def check_checkpoint_fits(module: GroundingModule, checkpoint: dict) -> None:
         raise ConfigError(
             f"the checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"different shapes {reshaped[:5]}"
+        )
+
+
+def check_same_weights(mine: dict | None, theirs: dict | None) -> None:
+    """ConfigError when the LMM weights loaded now (`weights_source`) are not those a checkpoint was trained
+    with: another hub revision, or another fingerprint. Nothing to compare for a model built in memory."""
+    if mine is None or theirs is None:
+        return
+    if theirs["revision"] and mine["revision"] and theirs["revision"] != mine["revision"]:
+        raise ConfigError(
+            f"the checkpoint was trained on {theirs['model']} at hub revision {theirs['revision']}, but "
+            f"this run loaded revision {mine['revision']}; set model.lmm.revision={theirs['revision']} to "
+            "load the weights it was trained with"
+        )
+    if theirs["fingerprint"] != mine["fingerprint"]:
+        raise ConfigError(
+            f"the LMM weights loaded from {mine['model']} are not those the checkpoint was trained with "
+            f"({theirs['model']}; fingerprint {theirs['fingerprint'][:19]}... vs "
+            f"{mine['fingerprint'][:19]}...); point model.lmm.model at the weights it was trained with"
         )
 
 

@@ -26,8 +26,10 @@ from typing import Any
 from omegaconf import OmegaConf
 from pycocotools import mask as mask_utils
 
+from flmm.data.datasets import Skipped
 from flmm.data.overlay import draw_overlay
 from flmm.engine.metrics import format_results_table
+from flmm.engine.skips import RunSkipBudget
 
 log = logging.getLogger("flmm.engine")
 
@@ -182,14 +184,27 @@ class ReportWriter:
     save_masks: bool = False
     mode: str = "trained-head"
 
-    def __call__(self, metrics: list[tuple[dict, dict]], gathered: list[list[list[QueryRecord]]]) -> dict:
+    def __call__(
+        self,
+        metrics: list[tuple[dict, dict]],
+        gathered: list[list[list[QueryRecord]]],
+        skipped: list[list[Skipped]],
+    ) -> dict:
         """Write everything listed in the module docstring; return the results dict.
 
-        metrics: per task, the (refined, coarse) metric dicts; gathered: per rank, per task, its records.
+        metrics: per task, the (refined, coarse) metric dicts; gathered: per rank, per task, its records;
+        skipped: per task, the broken records of all ranks. The results are written before a DataError
+        says that more than `data.max_skip_fraction` of a split was broken.
         """
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         results = results_dict(self.tasks, metrics, self.checkpoint, self.config, self.mode)
+        sizes = {task.dataset.records_name: len(task.dataset) for task in self.tasks}
+        budget = RunSkipBudget(sizes, float(self.config["data"]["max_skip_fraction"]))
+        budget.add([record for records in skipped for record in records], enforce=False)
+        results["skipped"] = {
+            name: {"count": b.count, "first": b.reasons[:5]} for name, b in budget.budgets.items()
+        }
         OmegaConf.save(OmegaConf.create(self.config), out / "config.yaml")
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         (out / "results.md").write_text(results_markdown(results), encoding="utf-8")
@@ -209,4 +224,5 @@ class ReportWriter:
                 write_masks(out / f"masks_{name}.jsonl", records)
             if self.overlays > 0:
                 write_overlays(out / "overlays" / name, task.dataset, records, self.overlays)
+        budget.check()
         return results

@@ -1,8 +1,10 @@
 """Samplers: epoch-aware training shards, and evaluation shards that never repeat a sample.
 
 Training: `EpochSampler` yields `(epoch, index)` pairs into an `EpochMixture` of datasets, so that every
-epoch draws fresh sentences. Evaluation: torch's DistributedSampler pads the index list by repeating
-samples so that every rank gets the same count; a repeated query would be counted twice in the metrics.
+epoch draws fresh sentences, and can start an epoch part-way, so that a mid-epoch resume continues with
+the next untrained batch. Evaluation: torch's DistributedSampler pads the index list
+by repeating samples so that every rank gets the same count; a repeated query would be counted twice in the
+metrics.
 `ShardSampler` gives rank r the indices r, r + W, r + 2W, ... and nothing more: ranks may get one sample
 fewer, which evaluation tolerates because metrics are only reduced once, at the end.
 """
@@ -62,7 +64,11 @@ class EpochMixture(Dataset):
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Shuffled, rank-sharded `(epoch, index)` pairs; Lightning calls `set_epoch` before each epoch."""
+    """Shuffled, rank-sharded `(epoch, index)` pairs; Lightning calls `set_epoch` before each epoch.
+
+    `resume(epoch, skip)` makes the iteration of `epoch` start after its first `skip` indices (this rank's),
+    so a run resumed from a mid-epoch checkpoint trains the rest of the epoch and nothing twice.
+    """
 
     def __init__(self, length: int, seed: int = 0, rank: int | None = None, world_size: int | None = None):
         default_rank, default_world = world()
@@ -74,13 +80,21 @@ class EpochSampler(Sampler[tuple[int, int]]):
             seed=seed,
         )
         self.epoch = 0
+        self._resume_epoch, self._resume_skip = -1, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.inner.set_epoch(epoch)
 
+    def resume(self, epoch: int, skip: int) -> None:
+        """Skip the first `skip` indices of epoch `epoch` (once: a later pass over that epoch is whole)."""
+        self._resume_epoch, self._resume_skip = int(epoch), int(skip)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, index) for index in self.inner)
+        skip = 0
+        if self.epoch == self._resume_epoch:
+            skip, self._resume_epoch = self._resume_skip, -1
+        return ((self.epoch, index) for index in itertools.islice(self.inner, skip, None))
 
     def __len__(self) -> int:
         return len(self.inner)

@@ -27,7 +27,7 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 from flmm.errors import ConfigError
 from flmm.lmm.capture import AttentionRecorder, capture_implementation, reduce_rows, select_rows
 from flmm.lmm.layout import GridMeta, ImageLayout, check_view_counts, raster_cells
-from flmm.lmm.loading import load_pretrained, load_processor, resolve_dtype
+from flmm.lmm.loading import load_pretrained, load_processor, resolve_dtype, weights_source
 from flmm.lmm.plan import BatchPlan, plan_batch, position_ids_from_mask, positions_first
 from flmm.lmm.text import DESCRIBE, EncodedText, Span, chat_prompt, check_spans, encode_prompts, join_prompt
 
@@ -82,6 +82,8 @@ class LMMAdapter(nn.Module):
         processor: the model's processor; loaded with the model when `model` is a name.
         padding_side: "right" or "left", for `encode_text`.
         local_files_only: never download (also implied by HF_HUB_OFFLINE=1).
+        revision: the hub revision (branch, tag or commit) of a hub id; default `main`. What was loaded is
+            in `source` (`flmm.lmm.loading.weights_source`), which checkpoints record.
         describe: the user turn whose answer a grounded text is teacher-forced as.
     """
 
@@ -103,6 +105,7 @@ class LMMAdapter(nn.Module):
         processor: ProcessorMixin | None = None,
         padding_side: str = "right",
         local_files_only: bool | None = None,
+        revision: str | None = None,
         describe: str = DESCRIBE,
     ):
         super().__init__()
@@ -110,6 +113,8 @@ class LMMAdapter(nn.Module):
             raise ConfigError(f"capture: expected one of {CAPTURE_MODES}, got {capture!r}")
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+        # A model built in memory has no weights files to identify.
+        self.source: dict[str, str | None] | None = None
         if isinstance(model, PreTrainedModel):
             lmm = model if torch_dtype is None else model.to(resolve_dtype(torch_dtype))
         else:
@@ -120,8 +125,10 @@ class LMMAdapter(nn.Module):
                 local_files_only,
                 # A given processor is kept (and no other loaded); else the family's loader builds one.
                 self.load_processor if processor is None else (lambda source, offline: processor),
+                revision,
             )
             processor = loaded
+            self.source = weights_source(model, local_files_only, revision)
         if not isinstance(lmm, self.model_class):
             raise ConfigError(
                 f"{type(self).__name__} wraps {self.model_class.__name__}, got {type(lmm).__name__}"

@@ -7,6 +7,7 @@ local Hugging Face cache only; a missing folder, a folder without weights, or an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -47,11 +48,14 @@ def _check_folder(folder: Path, what: str) -> None:
         )
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike, local_files_only: bool | None = None) -> str:
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike, local_files_only: bool | None = None, revision: str | None = None
+) -> str:
     """A local folder or a hub id that `from_pretrained` can load; MissingWeightsError when it cannot.
 
     Online, a hub id is returned as is (from_pretrained downloads it). Offline, it is looked up in the
-    cache (HF_HUB_CACHE) and the cached snapshot folder is returned.
+    cache (HF_HUB_CACHE) at `revision` (a branch, tag or commit; default the cached `main`) and the cached
+    snapshot folder is returned.
     """
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
@@ -68,11 +72,12 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, local_files_only: bool |
     if not offline:
         return name
     try:
-        folder = Path(snapshot_download(name, local_files_only=True))
+        folder = Path(snapshot_download(name, revision=revision, local_files_only=True))
     except (FileNotFoundError, ValueError) as err:
+        at = f" at revision {revision!r}" if revision else ""
         raise MissingWeightsError(
-            f"LMM weights {name!r} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-            "downloads are off (HF_HUB_OFFLINE=1 or local_files_only). Fetch them once on a machine with "
+            f"LMM weights {name!r}{at} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            "and downloads are off (HF_HUB_OFFLINE=1 or local_files_only). Fetch them once on a machine with "
             f"network access with `hf download {name}` into that cache (same HF_HOME), or download them "
             f"into a folder and set the model to that folder's path. (huggingface_hub: {err})"
         ) from None
@@ -151,14 +156,16 @@ def load_pretrained(
     dtype: torch.dtype,
     local_files_only: bool | None = None,
     processor_loader: Callable[[str, bool], ProcessorMixin] | None = None,
+    revision: str | None = None,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load `model_class` and its processor from a hub id or folder (see `resolve_checkpoint`);
-    `processor_loader(source, offline)` replaces `load_processor` (a family whose processor class needs
-    what the machine lacks, e.g. Pixtral's torchvision)."""
-    source = resolve_checkpoint(name_or_path, local_files_only)
+    """Load `model_class` and its processor from a hub id (at `revision`) or folder (see
+    `resolve_checkpoint`); `processor_loader(source, offline)` replaces `load_processor` (a family whose
+    processor class needs what the machine lacks, e.g. Pixtral's torchvision)."""
+    source = resolve_checkpoint(name_or_path, local_files_only, revision)
     offline = bool(local_files_only) or is_offline_mode()
     try:
-        model = model_class.from_pretrained(source, dtype=dtype, local_files_only=offline)
+        at_revision = {"revision": revision} if revision and source == os.fspath(name_or_path) else {}
+        model = model_class.from_pretrained(source, dtype=dtype, local_files_only=offline, **at_revision)
         processor = (processor_loader or load_processor)(source, offline)
     except OSError as err:
         raise MissingWeightsError(
@@ -166,3 +173,43 @@ def load_pretrained(
             "download the checkpoint into a folder and set the model to that folder's path."
         ) from None
     return model, processor
+
+
+def weights_source(
+    name_or_path: str | os.PathLike, local_files_only: bool | None = None, revision: str | None = None
+) -> dict[str, str | None]:
+    """What identifies a loaded LMM's weights, for checkpoints to record: `{"model", "revision",
+    "fingerprint"}`. `revision` is the hub commit of a hub id's cached snapshot (None for a folder);
+    `fingerprint` is `folder_fingerprint` of the folder the weights were read from."""
+    name = os.fspath(name_or_path)
+    if Path(name).expanduser().is_dir():
+        return {"model": name, "revision": None, "fingerprint": folder_fingerprint(Path(name).expanduser())}
+    folder = Path(snapshot_download(name, revision=revision, local_files_only=True))
+    return {"model": name, "revision": folder.name, "fingerprint": folder_fingerprint(folder)}
+
+
+def folder_fingerprint(folder: Path, edge_bytes: int = 1 << 16) -> str:
+    """A sha256 of a checkpoint folder that changes when its weights do, read in well under a second at 7B.
+
+    Every file's relative path and size, the whole content of files up to 1 MiB (configs, tokenizer) and
+    the first and last `edge_bytes` of larger ones (safetensors headers name every tensor's dtype, shape
+    and offsets). Hidden entries (`.cache/` of `hf download --local-dir`) are left out: they change
+    without the weights changing.
+    """
+    digest = hashlib.sha256()
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as handle:
+            if size <= 1 << 20:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(edge_bytes))
+                handle.seek(size - edge_bytes)
+                digest.update(handle.read(edge_bytes))
+    return "sha256:" + digest.hexdigest()

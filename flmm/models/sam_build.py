@@ -2,9 +2,11 @@
 
 `vit_b` / `vit_l` / `vit_h` use segment_anything's builders (through `flmm.models.sam_import`, which works
 without torchvision) and need the official checkpoint; a missing file raises `MissingWeightsError` saying
-what to download and where it goes.
+what to download and where it goes. A checkpoint that is not a SAM state dict, or holds another size than
+`model_type`, is a `ConfigError` naming the file and both sizes, raised before any model is built.
 """
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +29,10 @@ SAM_CHECKPOINT_FILES = {
     "vit_h": "sam_vit_h_4b8939.pth",
 }
 SAM_MODEL_TYPES = (*SAM_CHECKPOINT_FILES, "tiny")
+TINY_EMBED_DIM = 32
+# The image encoder's patch embedding, `(width, 3, patch, patch)`: its width tells the SAM size apart.
+PATCH_EMBED_KEY = "image_encoder.patch_embed.proj.weight"
+ENCODER_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h", TINY_EMBED_DIM: "tiny"}
 
 
 def build_tiny_sam() -> Sam:
@@ -38,7 +44,7 @@ def build_tiny_sam() -> Sam:
         image_encoder=ImageEncoderViT(
             img_size=img_size,
             patch_size=patch_size,
-            embed_dim=32,
+            embed_dim=TINY_EMBED_DIM,
             depth=2,
             num_heads=2,
             mlp_ratio=2.0,
@@ -83,15 +89,86 @@ def _missing_weights(model_type: str, checkpoint: str | None) -> MissingWeightsE
     )
 
 
+def read_sam_checkpoint(checkpoint: str) -> Mapping[str, torch.Tensor]:
+    """The state dict in a SAM `.pth` file; ConfigError when the file is no torch checkpoint or no SAM."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip, EOF and runtime errors alike for a non-checkpoint
+        raise ConfigError(
+            f"model.refiner.checkpoint={checkpoint} is not a loadable PyTorch checkpoint "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    patch_embed = state.get(PATCH_EMBED_KEY) if isinstance(state, Mapping) else None
+    if not isinstance(patch_embed, torch.Tensor) or patch_embed.ndim != 4:
+        found = list(state)[:3] if isinstance(state, Mapping) else type(state).__name__
+        raise ConfigError(
+            f"model.refiner.checkpoint={checkpoint} is not a SAM checkpoint: it has no 4-d "
+            f"'{PATCH_EMBED_KEY}' tensor (found {found}); expected a segment-anything state dict such as "
+            f"{SAM_CHECKPOINT_FILES['vit_l']}"
+        )
+    return state
+
+
+def checkpoint_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The SAM size (`vit_b` / `vit_l` / `vit_h` / `tiny`) a state dict holds, after the width of its patch
+    embedding `(width, 3, patch, patch)`; None for a width no known size has."""
+    return ENCODER_WIDTHS.get(state[PATCH_EMBED_KEY].shape[0])
+
+
+def _check_size(state: Mapping[str, torch.Tensor], model_type: str, checkpoint: str) -> None:
+    held = checkpoint_model_type(state)
+    if held == model_type:
+        return
+    width = state[PATCH_EMBED_KEY].shape[0]
+    holds = f"SAM {held} weights" if held else "weights of no known SAM size"
+    fix = f"set model.refiner.model_type={held}" if held else "use an official SAM checkpoint"
+    if model_type in SAM_CHECKPOINT_FILES:
+        fix += f", or point model.refiner.checkpoint at {SAM_CHECKPOINT_FILES[model_type]}"
+    raise ConfigError(
+        f"model.refiner.checkpoint={checkpoint} holds {holds} (image encoder width {width}), but "
+        f"model.refiner.model_type={model_type}; {fix}"
+    )
+
+
+def _check_fits(state: Mapping[str, torch.Tensor], sam: Sam, checkpoint: str, model_type: str) -> None:
+    """Compare names and shapes first: load_state_dict's own error lists every key of the model."""
+    expected = sam.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
+    if missing or unexpected or reshaped:
+        problems = [
+            f"{len(keys)} {what} (e.g. {keys[:3]})"
+            for what, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("of another shape", reshaped),
+            )
+            if keys
+        ]
+        raise ConfigError(
+            f"model.refiner.checkpoint={checkpoint} does not fit SAM {model_type}: tensors "
+            f"{'; '.join(problems)}"
+        )
+
+
 def build_sam(model_type: str, checkpoint: str | None = None) -> Sam:
-    """Build SAM `vit_b` / `vit_l` / `vit_h` (checkpoint required) or `tiny` (checkpoint optional)."""
+    """Build SAM `vit_b` / `vit_l` / `vit_h` (checkpoint required) or `tiny` (checkpoint optional).
+
+    The checkpoint's size is checked before the model is built, so a wrong file costs no ViT-H.
+    """
     if model_type not in SAM_MODEL_TYPES:
         raise ConfigError(f"refiner model_type={model_type!r} is unknown; expected one of {SAM_MODEL_TYPES}")
     if checkpoint is None and model_type != "tiny":
         raise _missing_weights(model_type, None)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise _missing_weights(model_type, checkpoint)
-    sam = build_tiny_sam() if model_type == "tiny" else sam_model_registry[model_type]()
+    state = None
     if checkpoint is not None:
-        sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        state = read_sam_checkpoint(checkpoint)
+        _check_size(state, model_type, checkpoint)
+    sam = build_tiny_sam() if model_type == "tiny" else sam_model_registry[model_type]()
+    if state is not None:
+        _check_fits(state, sam, checkpoint, model_type)
+        sam.load_state_dict(state)
     return sam

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from flmm.data.collate import collate_grounding
+from flmm.data.collate import collate_grounding, has_samples
 from flmm.lmm.adapter import LMMAdapter
 from flmm.models.mask_head import normalize_attention
 
@@ -57,7 +57,7 @@ def probe_grounding(
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_grounding)
     hits, chance, kinds, layer_hits = [], [], [], []
     for batch in tqdm(loader, desc="probing", disable=not progress):
-        if batch is None:
+        if not has_samples(batch):
             continue
         encoded = adapter.encode_text(batch["text"], batch["phrase_spans"], batch["lmm_image"])
         out = adapter(encoded.input_ids, encoded.attention_mask, encoded.phrase_ids, batch["lmm_image"])

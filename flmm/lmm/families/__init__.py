@@ -48,12 +48,12 @@ def family_of(architecture: str) -> type[LMMAdapter]:
     raise ConfigError(f"no flmm adapter for {architecture!r}; supported model classes: {known}")
 
 
-def _architecture(model: str | os.PathLike, local_files_only: bool | None) -> str:
-    folder = Path(resolve_checkpoint(model, local_files_only))
+def _architecture(model: str | os.PathLike, local_files_only: bool | None, revision: str | None) -> str:
+    folder = Path(resolve_checkpoint(model, local_files_only, revision))
     if not folder.is_dir():  # online, a hub id not yet downloaded: transformers resolves it
         from transformers import AutoConfig
 
-        architectures = AutoConfig.from_pretrained(str(model)).architectures
+        architectures = AutoConfig.from_pretrained(str(model), revision=revision).architectures
     else:
         architectures = json.loads((folder / "config.json").read_text()).get("architectures")
     if not architectures:
@@ -66,6 +66,7 @@ def adapter_for(
     processor: ProcessorMixin | None = None,
     capture: str = "hooked",
     local_files_only: bool | None = None,
+    revision: str | None = None,
     **kwargs,
 ) -> LMMAdapter:
     """The family adapter of `model` (a built model, a hub id or a folder), chosen by its class.
@@ -75,8 +76,15 @@ def adapter_for(
     if isinstance(model, PreTrainedModel):
         family = family_of(type(model).__name__)
     else:
-        family = family_of(_architecture(model, local_files_only))
-    return family(model, capture=capture, processor=processor, local_files_only=local_files_only, **kwargs)
+        family = family_of(_architecture(model, local_files_only, revision))
+    return family(
+        model,
+        capture=capture,
+        processor=processor,
+        local_files_only=local_files_only,
+        revision=revision,
+        **kwargs,
+    )
 
 
 __all__ = ["FAMILIES", "adapter_for", "family_of"]
