@@ -7,7 +7,9 @@ run. Component sections (`type: ...` plus keyword arguments) are built by the mm
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,20 +125,26 @@ class FlmmConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _schema_keys(node) -> list[str]:
-    return list(node.keys()) if isinstance(node, DictConfig) else []
+def _schema_keys(section: str) -> list[str]:
+    """The keys the schema allows in `section` ("" for the top level, "model.toy", ...), found through the
+    dataclasses' types, so that a section whose default is null (`model.toy`) is known too."""
+    cls: Any = FlmmConfig
+    for name in [part for part in section.split(".") if part]:
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        kind = hints.get(name)
+        cls = next((a for a in (kind, *typing.get_args(kind)) if dataclasses.is_dataclass(a)), None)
+    return [f.name for f in dataclasses.fields(cls)] if cls is not None else []
 
 
-def _explain(exc: OmegaConfBaseException, source: str, schema: DictConfig) -> ConfigError:
+def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or ""
     message = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
     parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(schema, parent_key) if parent_key else schema
     hint = ""
     if "not in" in message or "Key '" in message:
-        close = difflib.get_close_matches(leaf, _schema_keys(parent), n=1)
+        close = difflib.get_close_matches(leaf, _schema_keys(parent_key), n=1)
         hint = f" Did you mean '{parent_key + '.' if parent_key else ''}{close[0]}'?" if close else ""
-        allowed = ", ".join(_schema_keys(parent))
+        allowed = ", ".join(_schema_keys(parent_key))
         return ConfigError(f"{source}: unknown key '{key}'.{hint} Allowed here: {allowed}")
     return ConfigError(f"{source}: bad value for '{key}': {message}")
 
@@ -180,14 +188,14 @@ def load_config(
             try:
                 cfg = OmegaConf.merge(cfg, loaded)
             except OmegaConfBaseException as exc:
-                raise _explain(exc, str(source), schema) from None
+                raise _explain(exc, str(source)) from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. data.root=/datasets")
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
-        raise _explain(exc, "command-line override", schema) from None
+        raise _explain(exc, "command-line override") from None
     # Component sections are free dicts in the schema; their keys are checked against the components
     # (imported here, not at module level: the schema itself needs no model code).
     if components:

@@ -20,7 +20,6 @@ from flmm.engine.datamodule import GroundingDataModule
 from flmm.engine.module import GroundingModule, warmup_cosine
 from tests.conftest import (
     LLAVA7B_CONFIG,
-    REPO_ROOT,
     TOY_CONFIG,
     TRAIN_STEPS,
     ToyWorld,
@@ -241,74 +240,3 @@ def test_missing_weights_and_data_are_listed_in_one_message(tmp_path: Path, monk
     for split in ("refcoco:train", "refcoco+:train", "refcocog:train", "png:train2017", "refcoco:val"):
         assert split in err
     assert "Traceback" not in captured.out + captured.err
-
-
-def test_sigterm_writes_a_checkpoint_the_run_resumes_from(toy_world: ToyWorld, tmp_path: Path):
-    """A scheduler's preemption (SIGTERM) mid-epoch: the run saves where it is, and --resume continues."""
-    import signal
-    import subprocess
-    import sys
-
-    output_dir = tmp_path / "run"
-    overrides = toy_overrides(toy_world, output_dir, "train.epochs=20", "train.limit_train_batches=1.0")
-    command = [sys.executable, str(REPO_ROOT / "tools" / "train.py"), str(TOY_CONFIG), *overrides]
-    process = subprocess.Popen(
-        [*command, "train.progress_every_n_steps=1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in process.stdout:
-        if line.startswith("train epoch 1/20 loss") and " step 2/" in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    process.communicate(timeout=120)
-    checkpoint = load_checkpoint(output_dir / "checkpoints" / "last.ckpt")
-    assert checkpoint["global_step"] >= 2 and checkpoint["epoch"] == 0
-    resumed = load_tool("train").main(
-        [
-            *command[2:],
-            "train.epochs=1",
-            "--resume",
-            str(output_dir / "checkpoints" / "last.ckpt"),
-            "--allow-config-change",
-        ]
-    )
-    assert resumed == 0
-
-
-def _train_with_nan_losses(toy_world: ToyWorld, output_dir: Path, nan_steps: set[int], *extra: str):
-    """Fit the toy config in-process, its loss replaced by NaN at `nan_steps`; returns the module."""
-    cfg = load_config(TOY_CONFIG, toy_overrides(toy_world, output_dir, "train.limit_val_batches=0", *extra))
-    module = GroundingModule(config_to_dict(cfg))
-    losses = module.image_averaged_losses
-
-    def poisoned(*args):
-        out = losses(*args)
-        if module.global_step in nan_steps:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    module.image_averaged_losses = poisoned
-    trainer = load_tool("train").build_trainer(cfg, output_dir)
-    trainer.fit(module, datamodule=GroundingDataModule(cfg.data, module.adapter.image_transform()))
-    return module
-
-
-def test_a_nan_loss_skips_its_step_and_no_weight_or_checkpoint_is_poisoned(
-    toy_world: ToyWorld, tmp_path: Path
-):
-    module = _train_with_nan_losses(toy_world, tmp_path / "run", {1})
-    assert module.global_step == TRAIN_STEPS and module._nonfinite_total == 1
-    assert all(torch.isfinite(p).all() for p in module.trainable_parameters())
-    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
-    counts = logged(read_metrics(tmp_path / "run"), "train/nonfinite_steps")
-    assert counts[0] == (1, 1.0) and {value for _, value in counts} == {1.0}  # first at step 1, one in all
-
-
-def test_non_finite_steps_in_a_row_stop_the_run_with_a_clear_message(toy_world: ToyWorld, tmp_path: Path):
-    from flmm.errors import FlmmError
-
-    with pytest.raises(FlmmError, match=r"2 training steps in a row had non-finite gradients"):
-        _train_with_nan_losses(toy_world, tmp_path / "run", {0, 1, 2}, "train.max_nonfinite_in_a_row=2")

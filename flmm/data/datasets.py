@@ -105,7 +105,7 @@ class GroundingDataset(Dataset):
             if path.is_file():
                 kept.append(item)
             else:
-                budget.skip(f"{path}: image file not found")
+                budget.skip(f"{path}: " + ("not a regular file" if path.exists() else "image file not found"))
         self.load_skips = [Skipped(self.records_name, -(k + 1), r) for k, r in enumerate(budget.reasons)]
         return kept
 

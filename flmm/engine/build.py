@@ -73,8 +73,22 @@ def check_components(cfg: DictConfig, source: str = "config") -> None:
         if cfg.data.synthetic is not None:
             fields = [f.name for f in dataclasses.fields(SyntheticConfig)]
             check_keys("data.synthetic", "SyntheticConfig", list(cfg.data.synthetic), fields)
+        if cfg.model.get("toy") is not None:
+            check_toy_sizes(cfg.model.toy)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def check_toy_sizes(toy: DictConfig) -> None:
+    """`model.toy.lmm_sizes` against the sizes its recipe has (`{vision: {...}, text: {...}}`); a recipe
+    file not found here is left to the toy-model builder, which names it."""
+    recipe = Path(str(toy.lmm_recipe))
+    if not toy.lmm_sizes or not recipe.is_file():
+        return
+    known = OmegaConf.to_container(OmegaConf.load(recipe).get("sizes", {}))
+    check_keys("model.toy.lmm_sizes", f"the sizes of {recipe}", list(toy.lmm_sizes), list(known))
+    for part, sizes in toy.lmm_sizes.items():
+        check_keys(f"model.toy.lmm_sizes.{part}", f"{recipe} sizes.{part}", list(sizes), list(known[part]))
 
 
 def build_adapter(cfg: DictConfig) -> LMMAdapter:

@@ -14,7 +14,7 @@ val/test splits too, so each `BadInput` lists every `dataset:split` its file aff
 
 Kinds left out on purpose: a FIFO (shutil.copytree blocks on it, which would hang whoever copies the
 broken root) and an unreadable file (root reads it anyway, and copytree fails on it for everyone else);
-tests/faults/test_bad_inputs.py checks both on single files.
+tests/faults/test_bad_image_files.py checks both on single files.
 """
 
 from __future__ import annotations
