@@ -40,14 +40,18 @@ RES_KEYS = ("ref_id", "ann_id", "sent_id", "first_sentence")
 PNG_KEYS = ("segment_ids", "plural", "isthing")
 
 
-def browse(cfg, split: str, protocol: str, out: Path, n_overlays: int) -> int:
-    """Write samples.jsonl and overlays for `split`; return the number of queries."""
+def browse(cfg, split: str, protocol: str, out: Path, n_overlays: int) -> tuple[int, int]:
+    """Write samples.jsonl and overlays for `split`; return the number of queries and of broken records
+    (each named in a warning)."""
     dataset = build_split_dataset(cfg.data, split, protocol)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    n_queries = 0
+    n_queries, n_broken = 0, len(dataset.load_skips)
     with (out / "samples.jsonl").open("w", encoding="utf-8") as jsonl:
         for index in tqdm(range(len(dataset)), desc=f"browse {split} ({dataset.protocol})", unit="sample"):
             sample = dataset[index]
+            n_broken += len(sample["skipped"])
+            if "image" not in sample:
+                continue
             for mask, query in zip(sample["masks"].numpy(), sample["queries"]):
                 row = {k: query[k] for k in (*QUERY_KEYS, *RES_KEYS, *PNG_KEYS) if k in query}
                 jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -55,7 +59,7 @@ def browse(cfg, split: str, protocol: str, out: Path, n_overlays: int) -> int:
                     image = draw_overlay(sample["image"], [mask], [query["expression"]], [query["bbox"]])
                     image.save(out / "overlays" / f"{n_queries:05d}.png")
                 n_queries += 1
-    return n_queries
+    return n_queries, n_broken
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         ensure_synthetic_world(cfg.data)
-        n = browse(cfg, args.split, args.protocol or cfg.data.protocol, args.out, args.overlays)
+        n, broken = browse(cfg, args.split, args.protocol or cfg.data.protocol, args.out, args.overlays)
     except FlmmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{n} queries of {args.split}: {args.out / 'samples.jsonl'}, overlays in {args.out / 'overlays'}")
+    if broken:
+        print(f"{broken} broken records skipped (see the warnings above)")
     return 0
 
 

@@ -193,15 +193,18 @@ class ReportWriter:
         """Write everything listed in the module docstring; return the results dict.
 
         metrics: per task, the (refined, coarse) metric dicts; gathered: per rank, per task, its records;
-        skipped: per task, the broken records of all ranks. The results are written before a DataError
-        says that more than `data.max_skip_fraction` of a split was broken.
+        skipped: per task, the broken records of all ranks. `results["skipped"]` counts them with those
+        the datasets dropped when they were built (missing images); the results are written before a
+        DataError says that more than `data.max_skip_fraction` of a split was broken.
         """
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         results = results_dict(self.tasks, metrics, self.checkpoint, self.config, self.mode)
-        sizes = {task.dataset.records_name: len(task.dataset) for task in self.tasks}
+        datasets = [task.dataset for task in self.tasks]
+        sizes = {d.records_name: len(d) + len(d.load_skips) for d in datasets}
         budget = RunSkipBudget(sizes, float(self.config["data"]["max_skip_fraction"]))
-        budget.add([record for records in skipped for record in records], enforce=False)
+        dropped = [record for d in datasets for record in d.load_skips]
+        budget.add(dropped + [record for records in skipped for record in records], enforce=False)
         results["skipped"] = {
             name: {"count": b.count, "first": b.reasons[:5]} for name, b in budget.budgets.items()
         }

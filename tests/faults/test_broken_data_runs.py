@@ -5,6 +5,7 @@ with a resumable checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,16 +39,34 @@ def broken(records: list[BadInput]) -> int:
     return sum(record.outcome == "skip" for record in records)
 
 
-def test_an_epoch_with_data_workers_counts_every_broken_record_once(broken_world, tmp_path: Path):
-    world, records = broken_world
-    output_dir = tmp_path / "run"
-    code = load_tool("train").main(
-        [str(TOY_CONFIG), *one_epoch(world, output_dir, "data.max_skip_fraction=0.6")]
-    )
-    assert code == 0
-    counts = [value for _, value in logged(read_metrics(output_dir), "train/skipped_records")]
+@pytest.fixture(scope="module")
+def broken_run(broken_world, tmp_path_factory) -> Path:
+    """One epoch over the broken world with two data workers; its output_dir."""
+    world, _ = broken_world
+    output_dir = tmp_path_factory.mktemp("broken_run") / "run"
+    overrides = one_epoch(world, output_dir, "data.max_skip_fraction=0.6")
+    assert load_tool("train").main([str(TOY_CONFIG), *overrides]) == 0
+    return output_dir
+
+
+def test_an_epoch_with_data_workers_counts_every_broken_record_once(broken_world, broken_run: Path):
+    _, records = broken_world
+    counts = [value for _, value in logged(read_metrics(broken_run), "train/skipped_records")]
     assert counts[-1] == broken(records) == 7
     assert counts == sorted(counts)
+
+
+def test_an_evaluation_reports_the_broken_records_of_each_split(broken_world, broken_run: Path, tmp_path):
+    _, records = broken_world
+    argv = ["--ckpt", str(broken_run / "checkpoints" / "last.ckpt"), "--splits", "refcoco:train"]
+    argv += ["--protocol", "all-sentences", "--out", str(tmp_path / "eval"), "data.num_workers=2"]
+    assert load_tool("test").main(argv) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    skipped = results["skipped"]["refcoco:train (all-sentences)"]
+    # One all-sentences query per sentence on a broken image, missing files and directories included.
+    assert skipped["count"] == sum(r.affects["refcoco:train"] for r in records if r.outcome == "skip")
+    paths = [str(r.path) for r in records if r.outcome == "skip"]
+    assert skipped["first"] and all(any(p in reason for p in paths) for reason in skipped["first"])
 
 
 def test_past_the_skip_budget_the_run_stops_with_one_error_and_a_checkpoint(broken_world, tmp_path, capsys):
@@ -82,3 +101,12 @@ def test_two_ddp_processes_count_the_broken_records_of_both_ranks_once(broken_wo
     [(_, count)] = logged(read_metrics(output_dir), "train/skipped_records")[-1:]
     assert count == broken(records)
     assert "skipped records so far: refcoco:train (train) 7" in result.stdout
+
+
+def test_browsing_a_broken_split_counts_its_broken_records(broken_world, tmp_path: Path, capsys):
+    world, records = broken_world
+    argv = [str(TOY_CONFIG), "--split", "refcoco:train", "--out", str(tmp_path), "--overlays", "0"]
+    argv += [f"data.root={world.data_root}", "data.synthetic=null", "data.max_skip_fraction=0.6"]
+    assert load_tool("browse_data").main(argv) == 0
+    expected = sum(r.affects["refcoco:train"] for r in records if r.outcome == "skip")
+    assert f"{expected} broken records skipped" in capsys.readouterr().out
