@@ -47,7 +47,7 @@ def test_help_says_where_overrides_go(capsys):
 
 @pytest.mark.parametrize(
     "tool",
-    ["train", "test", "demo", "browse_data", "make_synthetic", "benchmark_step", "probe_grounding",
+    ["train", "test", "demo", "browse_data", "make_synthetic", "probe_grounding",
      "pretrain_toy_lmm", "pretrain_toy_sam", "sweep_seeds"],
 )  # fmt: skip
 def test_every_tool_takes_overrides_anywhere(tool, capsys):

@@ -65,9 +65,12 @@ RULES: dict[str, Rule] = {
     ".venv/bin/python tools/demo.py --mode attend-and-segment --config configs/flmm_toy.yaml "
     f'--image {IMAGE} --phrases "the blue diamond; the square"': Rule("ok"),
     ".venv/bin/python tools/demo.py --web --ckpt runs/flmm_toy/checkpoints/last.ckpt": Rule("web"),
-    ".venv/bin/python tools/benchmark_step.py --preset llava7b --device cuda --dtype bfloat16 "
-    "--refiner vit_l": Rule("refuses", "CUDA is not available"),
-    ".venv/bin/python tools/benchmark_step.py --preset toy --device cpu": Rule("ok", shrink="--repeats 1"),
+    ".venv/bin/python tools/benchmark.py --device cuda --json runs/benchmark_gpu.json": Rule(
+        "refuses", "CUDA is not available"
+    ),
+    ".venv/bin/python tools/benchmark.py --preset toy --json runs/benchmark_toy.json": Rule(
+        "ok", shrink="--repeats 1 --seq-lens 200 --phrases 1 --batch 1"
+    ),
     ".venv/bin/python tools/browse_data.py configs/flmm_llava7b.yaml --split refcocog:val --out runs/browse "
     "data.root=/path/to/root": Rule("ok"),
     ".venv/bin/python tools/browse_data.py configs/flmm_toy.yaml --split refcoco:val --out runs/browse_toy": (

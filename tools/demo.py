@@ -13,6 +13,8 @@ peak as a SAM point prompt; --top-heads keeps only the most concentrated heads).
 its phrases marked (--format plain|kosmos|glamm) and writes OUT/overlay.png and OUT/result.json.
 --web serves the same on http://127.0.0.1:PORT/ instead (a client has --timeout seconds to send its
 request; --max-connections are served at once, more get 503). `key=value` arguments override the config.
+The answer tokens' attention is recorded while the LMM generates them (hooked capture, LLaVA-1.5);
+--prefill-grounding takes it from one more prefill over prompt + answer, the path other setups use.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="attend-and-segment: average only this fraction of the most concentrated attention heads",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument(
+        "--prefill-grounding",
+        action="store_true",
+        help="ground from one prefill over prompt + answer after generating, not from the decode steps",
+    )
     parser.add_argument("--web", action="store_true", help="serve the demo page on 127.0.0.1")
     parser.add_argument(
         "--build-missing",
@@ -103,9 +110,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_demo(args: argparse.Namespace) -> Demo:
+    during = {"ground_during_generation": not args.prefill_grounding}
     if args.mode == "head":
-        return Demo.from_checkpoint(args.ckpt, args.overrides, args.device, args.build_missing)
-    return Demo.from_config(args.config, args.overrides, args.top_heads, args.device)
+        return Demo.from_checkpoint(args.ckpt, args.overrides, args.device, args.build_missing, **during)
+    return Demo.from_config(args.config, args.overrides, args.top_heads, args.device, **during)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ gives for the same image, prompt and settings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -39,16 +40,33 @@ class GenerationSettings:
         return kwargs
 
 
-@torch.no_grad()
-def generate_answer(adapter: LMMAdapter, image: LMMImage, prompt: str, settings: GenerationSettings) -> str:
-    """The LMM's answer to `prompt` (a chat prompt, `LMMAdapter.prompt`) about one image (its `lmm_image`)."""
-    tokenizer = adapter.processor.tokenizer
+def generation_inputs(adapter: LMMAdapter, image: LMMImage, prompt: str) -> dict[str, Any]:
+    """`generate`'s keyword arguments for `prompt` (a chat prompt, `LMMAdapter.prompt`) about one image (its
+    `lmm_image`): exactly `LMMAdapter.model_inputs`, `input_ids (1, S)` the prompt, less the position ids."""
     encoded = adapter.encode_text([""], [[]], [image], prompts=[prompt])
     inputs = adapter.model_inputs(encoded.input_ids, encoded.attention_mask, [image])
     inputs.pop("position_ids", None)  # generate() counts positions itself
+    return inputs
+
+
+def run_generate(adapter: LMMAdapter, inputs: dict[str, Any], settings: GenerationSettings, **outputs: Any):
+    """The LMM's `generate(**inputs)` with `settings`; `outputs`: what else it returns (e.g.
+    `output_hidden_states`, `return_dict_in_generate`), which does not change the tokens."""
     device = adapter.lmm.device
     # A private RNG stream: the same seed gives the same sample, and the caller's RNG does not move.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)
-        output = adapter.lmm.generate(**inputs, **settings.generate_kwargs())
-    return tokenizer.decode(output[0, encoded.input_ids.shape[1] :], skip_special_tokens=True).strip()
+        return adapter.lmm.generate(**inputs, **settings.generate_kwargs(), **outputs)
+
+
+def answer_text(adapter: LMMAdapter, new_ids: torch.Tensor) -> str:
+    """The answer the generated ids `(T,)` spell: special tokens dropped, surrounding whitespace trimmed."""
+    return adapter.processor.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def generate_answer(adapter: LMMAdapter, image: LMMImage, prompt: str, settings: GenerationSettings) -> str:
+    """The LMM's answer to `prompt` (a chat prompt, `LMMAdapter.prompt`) about one image (its `lmm_image`)."""
+    inputs = generation_inputs(adapter, image, prompt)
+    output = run_generate(adapter, inputs, settings)
+    return answer_text(adapter, output[0, inputs["input_ids"].shape[1] :])

@@ -1,11 +1,13 @@
 """Ask, answer, choose phrases, ground them: the demo's pipeline around a frozen LMM.
 
 1. The LMM answers the question with its own `generate()` (`flmm.demo.answer`).
-2. One prefill over prompt + answer, with hooked capture, gives every answer token's attention to the image
-   `(T, C, gh, gw)` and hidden states `(T, L, D)`: each text token is captured as its own phrase. A
-   phrase's attention is the mean of its tokens' rows, exactly what the adapter computes for a multi-token
-   phrase, so phrases can be chosen after this pass (by the keyword selector, which reads the same hidden
-   states) without a second one.
+2. Every answer token's attention to the image `(T, C, gh, gw)` and hidden states `(T, L, D)`, each text
+   token captured as its own phrase, are recorded while the LMM generates the answer
+   (`flmm.demo.decode_capture`: hooked capture on the decode steps) or, as the fallback (eager capture,
+   families not checked for it, tokens that do not survive re-tokenizing, phrases not in the answer), come
+   from one prefill over prompt + text. A phrase's attention is the mean of its tokens' rows, exactly what
+   the adapter computes for a multi-token phrase, so phrases can be chosen afterwards (by the keyword
+   selector, which reads the same hidden states) without another pass.
 3. The chosen phrases are grounded by the trained head (U-Net + SAM refiner) or, training-free, by
    attend-and-segment. SAM's image embedding is computed once per image and kept for the next questions.
 
@@ -27,6 +29,12 @@ import torch
 from flmm.config import load_config
 from flmm.data.datasets import join_phrases
 from flmm.demo.answer import GenerationSettings, generate_answer
+from flmm.demo.decode_capture import (
+    TokenFeatures,
+    decode_capture_supported,
+    generate_with_features,
+    prefill_features,
+)
 from flmm.demo.phrases import answer_span, locate_phrases, selected_spans
 from flmm.engine.attend import AttendAndSegment, build_attend_and_segment
 from flmm.engine.build import preflight
@@ -90,7 +98,11 @@ def mask_box(mask: np.ndarray) -> list[int] | None:
 
 class Demo:
     """A loaded grounder: the frozen LMM adapter and either the trained `head` (+ optional `selector`)
-    or the training-free `attend`. Build it with `from_checkpoint` or `from_config`."""
+    or the training-free `attend`. Build it with `from_checkpoint` or `from_config`.
+
+    ground_during_generation: record the answer tokens' features while the LMM generates (where the adapter
+    supports it, `decode_capture_supported`); False: always one prefill over prompt + answer after it.
+    """
 
     def __init__(
         self,
@@ -100,6 +112,7 @@ class Demo:
         attend: AttendAndSegment | None = None,
         question_suffix: str = "",
         cache_size: int = 4,
+        ground_during_generation: bool = True,
     ):
         if (head is None) == (attend is None):
             raise ValueError("a Demo grounds with exactly one of a trained head or attend-and-segment")
@@ -109,11 +122,17 @@ class Demo:
         self.refiner = head.refiner if head is not None else attend.refiner
         self.transform = adapter.image_transform()
         self.cache_size = cache_size
+        self.ground_during_generation = ground_during_generation
         self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
 
     @classmethod
     def from_checkpoint(
-        cls, path, overrides: Sequence[str] = (), device: str | None = None, build_missing: bool = False
+        cls,
+        path,
+        overrides: Sequence[str] = (),
+        device: str | None = None,
+        build_missing: bool = False,
+        ground_during_generation: bool = True,
     ) -> Demo:
         """The trained head (and selector, if it has one) of a tools/train.py checkpoint.
 
@@ -125,18 +144,28 @@ class Demo:
         ensure_toy_models(cfg, build=build_missing)
         preflight(cfg, [], "" if build_missing else "Build a checkpoint's toy models with --build-missing.")
         module = load_module(checkpoint, cfg).to(_device(device))
-        return cls(module.adapter, head=module.model, selector=module.selector)
+        return cls(
+            module.adapter,
+            head=module.model,
+            selector=module.selector,
+            ground_during_generation=ground_during_generation,
+        )
 
     @classmethod
     def from_config(
-        cls, path, overrides: Sequence[str] = (), top_fraction: float | None = None, device: str | None = None
+        cls,
+        path,
+        overrides: Sequence[str] = (),
+        top_fraction: float | None = None,
+        device: str | None = None,
+        ground_during_generation: bool = True,
     ) -> Demo:
         """Attend-and-segment with a config's frozen LMM and SAM; no checkpoint."""
         cfg = load_config(path, overrides)
         ensure_toy_models(cfg)
         preflight(cfg, [])
         attend = build_attend_and_segment(cfg, top_fraction).to(_device(device))
-        return cls(attend.adapter, attend=attend)
+        return cls(attend.adapter, attend=attend, ground_during_generation=ground_during_generation)
 
     def prepare(self, image: np.ndarray) -> PreparedImage:
         """Preprocess `(H, W, 3)` uint8 RGB, or take it from the cache of the last `cache_size` images."""
@@ -181,15 +210,13 @@ class Demo:
         if question is None and not phrases:
             raise ValueError("give a question, phrases to ground, or both")
         prepared = self.prepare(image)
-        answer, prompt = None, self.adapter.prompt()
+        answer, prompt, features = None, self.adapter.prompt(), None
         if question is not None:
             if not question.strip():
                 raise ValueError("the question is empty")
             asked = f"{question.strip()} {self.question_suffix}".strip()
             prompt = self.adapter.prompt(asked)
-            answer = generate_answer(
-                self.adapter, prepared.lmm_image, prompt, settings or GenerationSettings()
-            )
+            answer, features = self._answer(prepared, prompt, settings or GenerationSettings())
         text, spans, kind = answer or "", None, "phrases"
         if phrases:
             spans = locate_phrases(text, phrases) if answer else None
@@ -200,24 +227,36 @@ class Demo:
             spans, kind = answer_span(text), "answer"
         else:
             kind = "selector"
-        results = self._ground(prepared, prompt, text, spans, in_answer=text == answer)
+        in_answer = text == answer
+        results = self._ground(prepared, prompt, text, spans, in_answer, features if in_answer else None)
         size = (int(image.shape[0]), int(image.shape[1]))
         return DemoResult(question, answer, prompt, text, kind, self.mode, results, size)
 
+    def _answer(
+        self, prepared: PreparedImage, prompt: str, settings: GenerationSettings
+    ) -> tuple[str, TokenFeatures | None]:
+        """The LMM's answer and, when recorded while generating, its tokens' features (None: not recorded)."""
+        if self.ground_during_generation and decode_capture_supported(self.adapter):
+            return generate_with_features(self.adapter, prepared.lmm_image, prompt, settings)
+        return generate_answer(self.adapter, prepared.lmm_image, prompt, settings), None
+
     @torch.no_grad()
     def _ground(
-        self, prepared: PreparedImage, prompt: str, text: str, spans: list[Span] | None, in_answer: bool
+        self,
+        prepared: PreparedImage,
+        prompt: str,
+        text: str,
+        spans: list[Span] | None,
+        in_answer: bool,
+        features: TokenFeatures | None,
     ) -> list[PhraseResult]:
-        """One prefill over `prompt text`; ground `spans` (None: the selector's choice)."""
+        """Ground `spans` (None: the selector's choice) of `text` from its tokens' `features`; None: from one
+        prefill over `prompt text`."""
         if not text.strip():
             return []
-        adapter = self.adapter
-        encoded = adapter.encode_text([text], [[]], [prepared.lmm_image], prompts=[prompt])
-        is_text = encoded.text_mask
-        token_ids = (is_text.long().cumsum(dim=1) - 1).masked_fill(~is_text, -1)
-        lmm_out = adapter(encoded.input_ids, encoded.attention_mask, token_ids, [prepared.lmm_image])
-        offsets = [tuple(o) for o in encoded.text_offsets[0][is_text[0]].tolist()]
-        token_hidden = lmm_out.hidden_states[:, 0]  # (T, L, D): one token per captured "phrase"
+        if features is None:
+            features = prefill_features(self.adapter, prepared.lmm_image, prompt, text)
+        offsets, token_hidden = features.offsets, features.hidden
         if spans is None:
             logits = self.selector(token_hidden[None].to(_module_device(self.selector)))
             spans = selected_spans(text, self.selector.select(logits)[0].tolist(), offsets)
@@ -225,7 +264,7 @@ class Demo:
             return []
         owner = torch.tensor(phrase_ids_from_offsets(text, offsets, 0, spans))
         members = [(owner == p).nonzero().flatten() for p in range(len(spans))]
-        attention = torch.stack([lmm_out.attention[m].mean(dim=0) for m in members])
+        attention = torch.stack([features.attention[m].mean(dim=0) for m in members])
         width = max(len(m) for m in members)
         hidden = token_hidden.new_zeros((len(spans), width, *token_hidden.shape[1:]))
         hidden_mask = torch.zeros(len(spans), width, dtype=torch.bool)

@@ -107,11 +107,11 @@ class AttendAndSegment(nn.Module):
 
         attention: `(P, C, gh, gw)` (an adapter's `LMMOutput.attention`); image_index: `(P,)` long;
         pad_metas: B pad metas; images: B uint8 `(3, H_i, W_i)`; image_embeddings: optional cached
-        `refiner.encode_images(images)` `(B, C_sam, h, w)`.
+        `refiner.image_embeddings(images)` `(B, C_sam, h, w)`.
         """
         sam = self.refiner.sam
         if image_embeddings is None:
-            image_embeddings = self.refiner.encode_images(images)
+            image_embeddings = self.refiner.image_embeddings(images)
         image_index = image_index.cpu()
         points = attention_peaks(
             aggregate_attention(attention, self.top_fraction).cpu(), image_index, pad_metas

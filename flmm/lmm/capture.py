@@ -71,14 +71,16 @@ def attention_rows(
 ) -> torch.Tensor:
     """Causal attention probabilities of selected query rows, in float32.
 
-    query: `(B, H, S, d)`; key: `(B, H_kv, S, d)` with H a multiple of H_kv; query_pos: `(B, T)` long;
-    key_valid: `(B, S)` bool; sliding_window: keys within this many positions of the query (transformers'
-    convention: key > query - window), None for all; softcap: scores become tanh(s / softcap) * softcap
-    before masking (Gemma 2's attention soft-capping), None for none. Returns `(B, H, T, S)`: row t puts
-    zero mass on keys after query_pos[:, t], outside the window and on padding keys.
+    query: `(B, H, S_q, d)`; key: `(B, H_kv, S, d)` with H a multiple of H_kv and S_q <= S: the queries are
+    the last S_q of the S key positions (S_q = S without a KV cache; S_q < S for decode steps' queries over
+    a full KV cache); query_pos: `(B, T)` long, indices into the S_q queries; key_valid: `(B, S)` bool;
+    sliding_window: keys within this many positions of the query (transformers' convention: key > query -
+    window), None for all; softcap: scores become tanh(s / softcap) * softcap before masking (Gemma 2's
+    attention soft-capping), None for none. Returns `(B, H, T, S)`: row t puts zero mass on keys after its
+    query's position, outside the window and on padding keys.
     """
-    batch, heads, seq, dim = query.shape
-    kv_heads = key.shape[1]
+    batch, heads, queries, dim = query.shape
+    kv_heads, seq = key.shape[1], key.shape[2]
     tokens = query_pos.shape[1]
     rows = query.gather(2, query_pos[:, None, :, None].expand(batch, heads, tokens, dim)).float()
     rows = rows.reshape(batch, kv_heads, (heads // kv_heads) * tokens, dim)
@@ -87,9 +89,11 @@ def attention_rows(
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     positions = torch.arange(seq, device=query.device)
-    allowed = (positions[None, None, :] <= query_pos[:, :, None]) & key_valid[:, None, :]
+    # Under a KV cache the queries are the last positions: keys are masked against their absolute positions.
+    absolute = query_pos + (seq - queries)
+    allowed = (positions[None, None, :] <= absolute[:, :, None]) & key_valid[:, None, :]
     if sliding_window is not None:
-        allowed &= positions[None, None, :] > query_pos[:, :, None] - sliding_window
+        allowed &= positions[None, None, :] > absolute[:, :, None] - sliding_window
     return scores.masked_fill(~allowed[:, None], float("-inf")).softmax(dim=-1)
 
 

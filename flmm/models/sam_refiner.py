@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flmm.models.sam_build import build_sam
+from flmm.models.sam_cache import SamEmbeddingCache, encoder_fingerprint
 from flmm.models.sam_import import MaskDecoder, Sam
 from flmm.registry import MODELS
 
@@ -105,6 +106,8 @@ class SamRefiner(nn.Module):
         model_type: `vit_b`, `vit_l`, `vit_h` (need `checkpoint`) or `tiny` (tests, toy configs).
         checkpoint: path of the official SAM `.pth` state dict.
         encoder_batch_size: images per image-encoder call (bounds the encoder's activation memory).
+        embedding_cache: keep image embeddings instead of re-encoding (`flmm.models.sam_cache`): null
+            (off), `memory`, or a folder for fp16 files shared by ranks and runs.
         sam: an already built SAM to use instead of `model_type` / `checkpoint` (e.g. random weights at the
             real size for benchmarks).
     """
@@ -116,6 +119,7 @@ class SamRefiner(nn.Module):
         model_type: str = "vit_l",
         checkpoint: str | None = None,
         encoder_batch_size: int = 4,
+        embedding_cache: str | None = None,
         sam: Sam | None = None,
     ) -> None:
         super().__init__()
@@ -136,6 +140,11 @@ class SamRefiner(nn.Module):
             *decoder.output_hypernetworks_mlps[1:],
         ):
             unused.requires_grad_(False)
+        # A plain attribute, not a submodule: cached embeddings are never part of the state dict.
+        self.embedding_cache = None
+        if embedding_cache is not None:
+            folder = None if embedding_cache == "memory" else embedding_cache
+            self.embedding_cache = SamEmbeddingCache(encoder_fingerprint(self.sam.image_encoder), folder)
         self.layer_weights = nn.Parameter(torch.zeros(num_layers))
         self.text_proj = nn.Linear(hidden_size, prompt_encoder.embed_dim)
         self.train()
@@ -177,6 +186,13 @@ class SamRefiner(nn.Module):
         dtype = self.sam.image_encoder.patch_embed.proj.weight.dtype
         batch = torch.stack([self.preprocess(image) for image in images]).to(dtype)
         return torch.cat([self.sam.image_encoder(x) for x in batch.split(self.encoder_batch_size)])
+
+    def image_embeddings(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`encode_images`, through the embedding cache when there is one."""
+        if self.embedding_cache is None:
+            return self.encode_images(images)
+        weight = self.sam.image_encoder.patch_embed.proj.weight
+        return self.embedding_cache.embeddings(images, self.encode_images, weight.device, weight.dtype)
 
     def language_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """Phrase-token hidden states `(P, T, L, D)` -> prompt tokens `(P, T, C)`."""
@@ -251,7 +267,7 @@ class SamRefiner(nn.Module):
         """
         self._check_inputs(images, coarse_logits, image_index, hidden, hidden_mask)
         if image_embeddings is None:
-            image_embeddings = self.encode_images(images)
+            image_embeddings = self.image_embeddings(images)
         elif image_embeddings.shape[0] != len(images):
             raise ValueError(f"got {image_embeddings.shape[0]} image embeddings for {len(images)} images")
         original_sizes = [tuple(image.shape[-2:]) for image in images]
