@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from flmm.data.collate import collate_grounding
@@ -85,7 +86,8 @@ class GroundingDataModule(pl.LightningDataModule):
         batches the trainer has trained on in it (the next epoch and 0 once an epoch is done). Counted from
         the trainer's progress, not by the loader: the trainer fetches a batch ahead, workers further."""
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        # During a fit, whatever stage writes the checkpoint (validation, an exception included).
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if done >= trainer.num_training_batches:

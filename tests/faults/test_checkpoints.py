@@ -42,6 +42,15 @@ def test_checkpoints_come_every_n_steps_and_at_epoch_ends_and_last_is_the_newest
     assert load_checkpoint(two_epochs / "checkpoints" / "last.ckpt")["global_step"] == 2 * STEPS_PER_EPOCH
 
 
+def test_every_checkpoint_records_where_the_training_data_stands(two_epochs: Path):
+    """Step checkpoints mid-epoch, epoch-end and best ones after validation: each says where to go on."""
+    for path in (two_epochs / "checkpoints").glob("*.ckpt"):
+        stored = load_checkpoint(path)
+        step = int(stored["global_step"])
+        epoch, done = divmod(step, STEPS_PER_EPOCH)
+        assert stored["GroundingDataModule"] == {"epoch": epoch, "batches_done": done}, path.name
+
+
 def test_the_best_validation_score_keeps_its_checkpoint(two_epochs: Path):
     with open(two_epochs / "csv" / "version_0" / "metrics.csv", newline="") as handle:
         scores = [
