@@ -22,8 +22,11 @@ def toy_results(tmp_path_factory) -> dict:
 
 def test_the_capture_suite_measures_every_mode_at_every_length(toy_results: dict):
     rows = toy_results["capture"]
-    assert {(r["mode"], r["seq_len"]) for r in rows} == {
-        (mode, length) for mode in ("plain", "hooked", "eager") for length in (200, 300)
+    assert {(r["model"], r["mode"], r["seq_len"]) for r in rows} == {
+        (f"{family} (toy)", mode, length)
+        for family in ("llava-1.5", "qwen2-vl")  # qwen2-vl: M-RoPE positions
+        for mode in ("plain", "hooked", "eager")
+        for length in (200, 300)
     }
     assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows)
 

@@ -3,11 +3,11 @@
     python tools/benchmark.py [--suite capture|train|eval|demo|memory ...]
         [--preset toy|llava7b-slice|llava7b ...] [--device cpu|cuda] [--dtype float32|bfloat16]
         [--json PATH] [--repeats N] [--seq-lens 640,2900]
-        [--slice-layers N] [--batch N] [--phrases N] [--sam tiny|vit_b|vit_l|vit_h]
+        [--family llava-1.5|qwen2-vl ...] [--slice-layers N] [--batch N] [--phrases N] [--sam ...]
 
 Suites (all by default; `--suite` and `--preset` repeat):
-- `capture`: the LMM forward without capture (plain) vs hooked vs eager, per sequence length: time, peak
-  memory and their ratios to plain;
+- `capture`: the LMM forward without capture (plain) vs hooked vs eager, per sequence length, for
+  LLaVA-1.5 and Qwen2-VL (M-RoPE; `--family`): time, peak memory and their ratios to plain;
 - `train`: one training step of flmm (hooked, batched phrases), flmm with the SAM embedding cache warm,
   and the reference-equivalent configuration (batch 1, eager, SAM encoder every step, one decoder call per
   phrase): samples/s, peak memory and the ratio to the reference;
@@ -38,7 +38,7 @@ from flmm.benchmark.capture import capture_rows
 from flmm.benchmark.demo import demo_rows
 from flmm.benchmark.evaluation import eval_rows
 from flmm.benchmark.memory import GIB, estimate, largest_batch
-from flmm.benchmark.models import preset_sizes
+from flmm.benchmark.models import FAMILIES, preset_sizes
 from flmm.benchmark.train import train_rows
 
 SUITES = ("capture", "train", "eval", "demo", "memory")
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--suite", action="append", choices=SUITES, help="repeatable; default: all")
     parser.add_argument("--preset", action="append", choices=PRESETS, help="repeatable; default: toy + slice")
+    parser.add_argument("--family", action="append", choices=FAMILIES, help="capture suite; default: both")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default=None, help="default: bf16 on cuda"
@@ -201,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         for preset in presets:
             lengths = seq_lens if preset != "toy" else [min(s, 1000) for s in seq_lens[:2]]
             results["capture"] += capture_rows(
-                preset, lengths, device, dtype, repeats=args.repeats, slice_layers=args.slice_layers
+                preset,
+                lengths,
+                device,
+                dtype,
+                phrases=args.phrases,
+                repeats=args.repeats,
+                slice_layers=args.slice_layers,
+                families=tuple(args.family or FAMILIES),
             )
         print_capture(results["capture"])
     if "train" in suites or "memory" in suites:

@@ -1,5 +1,6 @@
 """The `capture` suite: the frozen LMM forward without capture ("plain", the model's own sdpa kernel) vs
-hooked capture vs eager capture, over sequence lengths, at a real model's width.
+hooked capture vs eager capture, over sequence lengths, at a real model's width, for LLaVA-1.5 and for
+Qwen2-VL (M-RoPE positions, native-resolution image tokens).
 
 `plain` is the forward a user of the LMM alone runs (hidden states out, no logits beyond the last token);
 `hooked` and `eager` are the adapter's forward, which also returns every phrase token's attention over the
@@ -8,10 +9,12 @@ image in every layer and head. One model is built per mode from the same seed.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from flmm.benchmark.measure import measure
-from flmm.benchmark.models import build_adapter, preset_sizes, synthetic_batch
+from flmm.benchmark.models import FAMILIES, build_adapter, preset_sizes, synthetic_batch
 
 MODES = ("plain", "hooked", "eager")
 
@@ -36,13 +39,15 @@ def capture_rows(
     phrases: int = 3,
     repeats: int = 3,
     slice_layers: int = 2,
+    families: tuple[str, ...] = FAMILIES,
 ) -> list[dict]:
-    """One row per (mode, seq_len): {"model", "mode", "seq_len", "seconds", "peak_bytes", "extra_bytes"}."""
-    sizes = preset_sizes(preset, slice_layers)
+    """One row per (family, mode, seq_len): {"model", "mode", "seq_len", "seconds", "peak_bytes",
+    "extra_bytes"}."""
     rows = []
-    for mode in MODES:
+    for family, mode in itertools.product(families, MODES):
+        sizes = preset_sizes(preset, slice_layers, family)
         capture = "hooked" if mode == "plain" else mode
-        adapter, plain = build_adapter(sizes, capture, device, dtype, keep_plain=mode == "plain")
+        adapter, plain = build_adapter(sizes, capture, device, dtype, mode == "plain", family)
         for seq_len in seq_lens:
             length, work = forward_work(
                 mode, adapter, plain, synthetic_batch(adapter, batch, phrases, seq_len, device)
@@ -51,7 +56,7 @@ def capture_rows(
                 result = measure(work, device, repeats)
             rows.append(
                 {
-                    "model": f"llava-1.5 ({preset})",
+                    "model": f"{family} ({preset})",
                     "mode": mode,
                     "seq_len": int(length),
                     "seconds": result.seconds,
