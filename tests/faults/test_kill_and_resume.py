@@ -5,8 +5,8 @@ after each epoch) is trained once without interruption and once as a chain of la
 SIGKILL at a moment drawn from a seeded generator: in the middle of an epoch, inside a checkpoint write
 at a random byte, at an epoch boundary, and by the parent at a random progress line; every relaunch is
 `--resume last.ckpt`. After each kill `last.ckpt` must be readable, and at the end the trainable weights,
-the optimizer state and the step count must equal the uninterrupted run's exactly. The killed chain uses
-two data workers and the reference none, so the data workers' prefetching is part of what is tested.
+the optimizer state and the step count must equal the uninterrupted run's exactly. The killed chain uses a
+data worker and the reference none, so the data worker's prefetching is part of what is tested.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def killed_chain(toy_world: ToyWorld, tmp_path_factory) -> dict:
     rng = random.Random(SEED)
     output_dir = tmp_path_factory.mktemp("killed") / "run"
     last = output_dir / "checkpoints" / "last.ckpt"
-    overrides = run_overrides(toy_world, output_dir, workers=2)
+    overrides = run_overrides(toy_world, output_dir, workers=1)
     mid_epoch = rng.choice([s for s in range(EVERY + 1, STEPS_PER_EPOCH)])  # after the step checkpoint
     plan = [
         ("mid-epoch", f"step:{mid_epoch}"),
