@@ -20,18 +20,23 @@ from tests.conftest import TOY_CONFIG, ToyWorld, load_checkpoint, load_tool, toy
 STEPS_PER_EPOCH, EVERY = 4, 3
 
 
-@pytest.fixture(scope="module")
-def two_epochs(toy_world: ToyWorld, tmp_path_factory) -> Path:
-    """2 epochs of 4 steps, a checkpoint every 3 steps, validation after each epoch."""
-    output_dir = tmp_path_factory.mktemp("policy") / "run"
-    overrides = toy_overrides(
-        toy_world,
+def policy_overrides(world: ToyWorld, output_dir: Path, lmm: Path | None = None) -> list[str]:
+    """The toy run of this module: 2 epochs of 4 steps, a checkpoint every 3 steps."""
+    return toy_overrides(
+        world,
         output_dir,
         "train.epochs=2",
         f"train.limit_train_batches={STEPS_PER_EPOCH}",
         f"train.checkpoint_every_n_steps={EVERY}",
+        lmm=lmm,
     )
-    assert load_tool("train").main([str(TOY_CONFIG), *overrides]) == 0
+
+
+@pytest.fixture(scope="module")
+def two_epochs(toy_world: ToyWorld, tmp_path_factory) -> Path:
+    """2 epochs of 4 steps, a checkpoint every 3 steps, validation after each epoch."""
+    output_dir = tmp_path_factory.mktemp("policy") / "run"
+    assert load_tool("train").main([str(TOY_CONFIG), *policy_overrides(toy_world, output_dir)]) == 0
     return output_dir
 
 
@@ -94,14 +99,7 @@ def test_resume_on_other_lmm_weights_is_refused_and_the_run_is_left_as_it_was(
     shutil.copytree(two_epochs, output_dir)
     last = output_dir / "checkpoints" / "last.ckpt"
     before = {p.name: p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
-    overrides = toy_overrides(
-        toy_world,
-        output_dir,
-        "train.epochs=2",
-        f"train.limit_train_batches={STEPS_PER_EPOCH}",
-        f"train.checkpoint_every_n_steps={EVERY}",
-        lmm=other,
-    )
+    overrides = policy_overrides(toy_world, output_dir, lmm=other)
     assert load_tool("train").main([str(TOY_CONFIG), *overrides, "--resume", str(last)]) == 2
     assert "are not those the checkpoint was trained with" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in output_dir.rglob("*") if p.is_file()} == before
