@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flmm.errors import ConfigError
+from flmm.shipped import find_config, shipped_configs
 
 
 @dataclass
@@ -42,26 +43,6 @@ class DataConfig:
 
 
 @dataclass
-class ToyModelsConfig:
-    """The embedded default's own models, pretrained here when absent, so that it needs no download.
-
-    A missing `model.lmm.model` folder is filled with a tiny LLaVA made by the recipe `lmm_recipe` (sizes,
-    scenes, text formats, optimisation: what `tools/pretrain_toy_lmm.py` runs), a missing
-    `model.refiner.checkpoint` with a tiny SAM made by `sam_recipe` (`tools/pretrain_toy_sam.py`).
-    `lmm_sizes` is merged over the recipe's sizes; `pretrain_steps` / `sam_pretrain_steps` replace the
-    recipes' steps when set (0: keep the random initial weights, as the control config does); `seed`
-    replaces the recipes' seeds.
-    """
-
-    seed: int = 0
-    lmm_recipe: str = "configs/toy_lmm.yaml"
-    lmm_sizes: dict[str, Any] = field(default_factory=dict)
-    pretrain_steps: int | None = None
-    sam_recipe: str = "configs/toy_sam.yaml"
-    sam_pretrain_steps: int | None = None
-
-
-@dataclass
 class ModelConfig:
     """Components, each `{type: RegisteredName, ...kwargs}` built by the mmengine registries.
 
@@ -79,8 +60,6 @@ class ModelConfig:
     refiner: dict[str, Any] | None = None
     # `{type: KeywordSelector, ...}`: a keyword scorer on the text tokens trained with the head; null: none.
     selector: dict[str, Any] | None = None
-    # Set only by configs whose models are built here (the embedded default); null for real weights.
-    toy: ToyModelsConfig | None = None
 
 
 @dataclass
@@ -126,8 +105,8 @@ class FlmmConfig:
 
 
 def _schema_keys(section: str) -> list[str]:
-    """The keys the schema allows in `section` ("" for the top level, "model.toy", ...), found through the
-    dataclasses' types, so that a section whose default is null (`model.toy`) is known too."""
+    """The keys the schema allows in `section` ("" for the top level, "data", ...), found through the
+    dataclasses' types, so that a section whose default is null is known too."""
     cls: Any = FlmmConfig
     for name in [part for part in section.split(".") if part]:
         hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
@@ -151,7 +130,8 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
 
 def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        shipped = ", ".join(shipped_configs())
+        raise ConfigError(f"config file not found: {path} (the configs that ship with flmm: {shipped})")
     try:
         return OmegaConf.load(path)
     except Exception as exc:
@@ -176,15 +156,16 @@ def load_config(
 ) -> DictConfig:
     """Load `path` (YAML) over the schema's defaults and apply `key=value` overrides.
 
-    A file may start from others (`_base_: other.yaml` or a list, relative to it), merged first. Raises
-    ConfigError for a missing file, invalid YAML, an unknown key (component sections included: each is
-    checked against what its component accepts, unless `components` is False: overrides meant for another
-    config, e.g. a checkpoint's) or a value of the wrong type.
+    `path` may also name a config that ships with flmm, from any folder (`configs/flmm_toy.yaml`,
+    `flmm_toy`; `flmm.shipped.find_config`). A file may start from others (`_base_: other.yaml` or a list,
+    relative to it), merged first. Raises ConfigError for a missing file, invalid YAML, an unknown key
+    (component sections included: each is checked against what its component accepts, unless `components`
+    is False: overrides meant for another config, e.g. a checkpoint's) or a value of the wrong type.
     """
     schema = OmegaConf.structured(FlmmConfig)
     cfg = schema
     if path is not None:
-        for source, loaded in _with_bases(Path(path)):
+        for source, loaded in _with_bases(find_config(path)):
             try:
                 cfg = OmegaConf.merge(cfg, loaded)
             except OmegaConfBaseException as exc:
@@ -196,11 +177,16 @@ def load_config(
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
         raise _explain(exc, "command-line override") from None
+    source = "config" if path is None else str(path)
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        # An interpolation (`${seed}`, `${shipped:...}`) that does not resolve: its message is the first line.
+        raise _explain(exc, source + (" with its overrides" if overrides else "")) from None
     # Component sections are free dicts in the schema; their keys are checked against the components
     # (imported here, not at module level: the schema itself needs no model code).
     if components:
         from flmm.engine.build import check_components
 
-        source = "config" if path is None else str(path)
         check_components(cfg, source + (" with its overrides" if overrides else ""))
     return cfg

@@ -4,16 +4,18 @@ world of training tests (a tiny synthetic dataset and tiny models, overrides tha
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +51,8 @@ def load_tool(name: str):
 
 
 TOY_CONFIG = REPO_ROOT / "configs" / "flmm_toy.yaml"
+TOY_LMM_RECIPE = REPO_ROOT / "configs" / "toy_lmm.yaml"
+TOY_SAM_RECIPE = REPO_ROOT / "configs" / "toy_sam.yaml"
 LLAVA7B_CONFIG = REPO_ROOT / "configs" / "flmm_llava7b.yaml"
 TRAIN_STEPS = 3
 
@@ -86,10 +90,6 @@ def toy_overrides(world: ToyWorld, output_dir: Path, *extra: str, lmm: Path | No
         "data.num_workers=0",
         f"model.lmm.model={lmm or world.lmm}",
         f"model.refiner.checkpoint={world.sam}",
-        *(f"model.toy.lmm_sizes.{key}={value}" for key, value in TINY_LMM.items()),
-        # Random initial weights: pretraining the toy models is not what these tests are about.
-        "model.toy.pretrain_steps=0",
-        "model.toy.sam_pretrain_steps=0",
         "model.mask_head.channels=[8,16,32,64]",
         "model.mask_head.size=32",
         "train.epochs=1",
@@ -102,18 +102,40 @@ def toy_overrides(world: ToyWorld, output_dir: Path, *extra: str, lmm: Path | No
     ]
 
 
+def build_toy_models(lmm: Path | None, sam: Path | None, **lmm_sizes: int) -> None:
+    """The toy tools' models at test size: the TINY_LMM LLaVA (`lmm_sizes` over it, e.g.
+    `**{"text.num_hidden_layers": 3}`) and the tiny SAM, both at their random initial weights (pretraining
+    the toy models is not what these tests are about)."""
+    from flmm.toy.pretrain_lmm import pretrain_lmm
+    from flmm.toy.pretrain_sam import pretrain_sam
+    from flmm.toy.recipe import LmmRecipe, SamRecipe, load_recipe
+
+    if lmm is not None:
+        sizes = [f"sizes.{key}={value}" for key, value in {**TINY_LMM, **lmm_sizes}.items()]
+        pretrain_lmm(lmm, load_recipe(LmmRecipe, TOY_LMM_RECIPE, [*sizes, "steps=0"]), progress=False)
+    if sam is not None:
+        pretrain_sam(sam, load_recipe(SamRecipe, TOY_SAM_RECIPE, ["steps=0"]), progress=False)
+
+
 def build_toy_world(root: Path) -> ToyWorld:
     """Generate a 24 + 8 image synthetic world of 64 px images under `root` and build its toy models."""
-    from flmm.config import load_config
     from flmm.data.synthetic import SyntheticConfig, generate_world
-    from flmm.engine.toy import ensure_toy_models
 
-    world = ToyWorld(root / "data", root / "models" / "llava", root / "models" / "sam.pth")
+    world = ToyWorld(root / "data", root / "models" / "llava", root / "models" / "sam.safetensors")
     generate_world(
         world.data_root, SyntheticConfig(seed=0, n_res_images=24, n_png_images=8, size=64, max_objects=3)
     )
-    ensure_toy_models(load_config(TOY_CONFIG, toy_overrides(world, root / "unused")))
+    build_toy_models(world.lmm, world.sam)
     return world
+
+
+def wide_image(world: ToyWorld, folder: Path) -> Path:
+    """A 40 x 64 (H x W) crop of a world image, written into `folder`: not square, so a swapped x / y or
+    H / W shows."""
+    source = sorted((world.data_root / "coco" / "train2017").glob("*.jpg"))[0]
+    path = folder / "wide.png"
+    Image.open(source).convert("RGB").crop((0, 8, 64, 48)).save(path)
+    return path
 
 
 def read_metrics(output_dir: Path, version: int = 0) -> list[dict[str, str]]:
@@ -134,3 +156,65 @@ def load_checkpoint(path: Path) -> dict:
 @pytest.fixture(scope="session")
 def toy_world(tmp_path_factory) -> ToyWorld:
     return build_toy_world(tmp_path_factory.mktemp("toy_world"))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(toy_world: ToyWorld, tmp_path_factory) -> Path:
+    """One epoch of TRAIN_STEPS steps + validation through tools/train.py; returns its output_dir (read,
+    never changed, by the tests of training and of the web demo)."""
+    output_dir = tmp_path_factory.mktemp("smoke") / "run"
+    code = load_tool("train").main([str(TOY_CONFIG), *toy_overrides(toy_world, output_dir)])
+    assert code == 0
+    return output_dir
+
+
+# A ReasonSeg fixture in LISA's on-disk format.
+# name: (texts, is_sentence, shapes as (label, points))
+REASONSEG_SIZE = (48, 64)  # H, W of every ReasonSeg fixture image
+
+
+def rect(x0, y0, x1, y1) -> list[list[float]]:
+    """A LabelMe polygon of the axis-aligned rectangle."""
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+REASONSEG_IMAGES = {
+    "a": (["the red thing", "what is red here?"], False, [("target", rect(10, 10, 30, 20))]),
+    "b": (
+        ["Find the object a person would sit on to rest after a long walk."],
+        True,
+        [("target", rect(0, 0, 20, 40)), ("ignore", rect(5, 5, 10, 10)), ("flag", rect(0, 0, 63, 47))],
+    ),
+    "c": (
+        ["Which region could hold water if it rained?"],
+        True,
+        [
+            ("ignore", rect(30, 10, 60, 40)),
+            ("target", rect(40, 20, 50, 30)),
+            ("target", [[0, 47], [8, 40], [16, 47]]),
+        ],
+    ),
+}
+
+
+def write_reasonseg(root: Path, split: str = "val") -> Path:
+    """LISA's layout: DATA_ROOT/reason_seg/ReasonSeg/SPLIT/NAME.{json,jpg}, LabelMe fields included."""
+    folder = root / "reason_seg" / "ReasonSeg" / split
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, (texts, is_sentence, shapes) in REASONSEG_IMAGES.items():
+        pixels = rng.integers(0, 255, (*REASONSEG_SIZE, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{name}.jpg")
+        record = {
+            "version": "4.5.6",
+            "shapes": [
+                {"label": label, "points": pts, "shape_type": "polygon", "flags": {}} for label, pts in shapes
+            ],
+            "imagePath": f"{name}.jpg",
+            "imageHeight": REASONSEG_SIZE[0],
+            "imageWidth": REASONSEG_SIZE[1],
+            "text": texts,
+            "is_sentence": is_sentence,
+        }
+        (folder / f"{name}.json").write_text(json.dumps(record))
+    return root

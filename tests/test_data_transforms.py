@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +13,7 @@ from PIL import Image
 
 from flmm.data.image_io import load_rgb
 from flmm.data.transforms import CLIP_MEAN, CLIP_STD, LlavaPadTransform, LMMInputs, ProcessorTransform
+from tests.conftest import REPO_ROOT
 
 
 def _unnormalise(pixel_values: torch.Tensor) -> np.ndarray:
@@ -102,3 +107,14 @@ def test_any_res_images_of_different_shapes_batch_through_the_llava_next_adapter
     crops = [s["lmm_image"]["pixel_values"].shape[0] for s in samples]
     assert inputs["pixel_values"].shape[:2] == (3, max(crops))
     assert inputs["image_sizes"].tolist() == [[40, 70], [70, 40], [50, 50]]
+
+
+def test_importing_the_transforms_switches_off_albumentations_update_check():
+    # A fresh interpreter: this one has imported albumentations already, and the variable with it.
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    code = "import os, flmm.data.transforms; print(os.environ['NO_ALBUMENTATIONS_UPDATE'])"
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "1"

@@ -12,8 +12,7 @@ import torch
 
 from flmm.engine.attend import aggregate_attention, attention_peaks
 from flmm.lmm import LlavaAdapter
-from tests.conftest import TOY_CONFIG, build_toy_world, load_tool, toy_overrides
-from tests.test_reasonseg import write_reasonseg
+from tests.conftest import TOY_CONFIG, build_toy_world, load_tool, toy_overrides, write_reasonseg
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,18 @@ from transformers import LlavaForConditionalGeneration
 
 from flmm.demo.answer import GenerationSettings
 from flmm.demo.phrases import answer_span, locate_phrases, marked_text
-from flmm.demo.pipeline import Demo, mask_box
+from flmm.demo.pipeline import Demo
 from flmm.lmm import LlavaAdapter
-from tests.conftest import TOY_CONFIG, ToyWorld, build_toy_world, load_tool, toy_overrides
-from tests.test_reasonseg import write_reasonseg
+from flmm.masks import mask_box
+from tests.conftest import (
+    TOY_CONFIG,
+    ToyWorld,
+    build_toy_world,
+    load_tool,
+    toy_overrides,
+    wide_image,
+    write_reasonseg,
+)
 
 QUESTION = "What is the red circle?"
 SELECTOR = ["model.selector.type=KeywordSelector", "model.selector.width=16"]
@@ -42,11 +50,7 @@ def checkpoint(world: ToyWorld, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def image_path(world: ToyWorld, tmp_path_factory) -> Path:
-    """A 40 x 64 (H x W) crop of a world image: not square, so a swapped x / y or H / W shows."""
-    source = sorted((world.data_root / "coco" / "train2017").glob("*.jpg"))[0]
-    path = tmp_path_factory.mktemp("demo_image") / "wide.png"
-    Image.open(source).convert("RGB").crop((0, 8, 64, 48)).save(path)
-    return path
+    return wide_image(world, tmp_path_factory.mktemp("demo_image"))
 
 
 def _demo(checkpoint: Path, image: Path, out: Path, *args: str) -> int:
@@ -125,13 +129,6 @@ def test_user_phrases_in_kosmos_and_glamm_forms(checkpoint, image_path, tmp_path
     )
     assert printed == expected
     assert result["marked"]["glamm"] == "<p> red circle </p> [SEG]. <p> the blue square </p> [SEG]"
-
-
-def test_mask_box_is_x0_y0_x1_y1_in_pixels():
-    mask = np.zeros((40, 64), dtype=bool)
-    mask[5:10, 20:30] = True
-    assert mask_box(mask) == [20, 5, 30, 10]
-    assert mask_box(np.zeros((40, 64), dtype=bool)) is None
 
 
 def test_text_forms_mark_each_phrase_with_its_index_and_box():

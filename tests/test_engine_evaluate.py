@@ -28,7 +28,7 @@ from flmm.engine.evaluate import (
 )
 from flmm.engine.module import GroundingModule
 from flmm.engine.report import QueryRecord, distinct_records
-from tests.conftest import REPO_ROOT, load_tool
+from tests.conftest import REPO_ROOT, build_toy_models, load_tool
 
 SPLITS = "refcoco:val,png:val2017"
 RES_KEYS = ["n_queries", "cIoU", "gIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "REC@0.5"]
@@ -43,14 +43,12 @@ def trained(tmp_path_factory) -> Path:
     generate_world(
         base / "world", SyntheticConfig(seed=0, n_res_images=24, n_png_images=8, size=64, max_objects=3)
     )
+    build_toy_models(base / "models" / "llava", base / "models" / "sam.pth")
     overrides = [
         f"data.root={base / 'world'}",
         f"output_dir={base / 'run'}",
         f"model.lmm.model={base / 'models' / 'llava'}",
         f"model.refiner.checkpoint={base / 'models' / 'sam.pth'}",
-        "model.toy.lmm_sizes.vision.image_size=32",
-        "model.toy.pretrain_steps=0",
-        "model.toy.sam_pretrain_steps=0",
         "model.mask_head.channels=[8,16,32,64]",
         "data.batch_size=2",
         "train.epochs=1",
@@ -159,7 +157,7 @@ def test_two_ddp_processes_give_exactly_the_single_process_results(trained, sing
     assert any(n % 2 for n in sizes), f"no odd-sized split among {sizes}; the test would not probe sharding"
     out = tmp_path / "ddp"
     ddp = ["train.devices=2", "train.strategy=ddp", "train.accelerator=cpu"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "tools/test.py", *_argv(trained, out), *QUIET, *ddp],
         cwd=REPO_ROOT,
@@ -292,19 +290,24 @@ def test_checkpoint_of_another_lmm_is_refused(trained, capsys, tmp_path):
     assert "another LMM" in err and "attention_channels" in err
 
 
-def test_a_checkpoints_config_never_writes_its_data_root_or_model_paths_unasked(trained, capsys, tmp_path):
-    """A checkpoint from elsewhere names a synthetic world and toy models it would make: tools/test.py says
-    what is missing and writes nothing; with --build-missing it makes them."""
+def test_a_checkpoints_config_never_writes_its_data_root_unasked(trained, capsys, tmp_path):
+    """A checkpoint from elsewhere names a synthetic world it would generate: tools/test.py says what is
+    missing and writes nothing; with --build-missing it generates it."""
     elsewhere = [
         f"data.root={tmp_path / 'world'}",
         "data.synthetic={seed: 0, n_res_images: 12, n_png_images: 0, size: 64, max_objects: 2}",
-        f"model.lmm.model={tmp_path / 'models' / 'llava'}",
     ]
     argv = ["--ckpt", str(trained), "--splits", "refcoco:val", "--out", str(tmp_path / "eval"), *QUIET]
     err = _error(capsys, [*argv, *elsewhere])
-    assert "--build-missing" in err and str(tmp_path / "models" / "llava") in err
-    assert not (tmp_path / "world").exists() and not (tmp_path / "models").exists()
+    assert "--build-missing" in err and str(tmp_path / "world") in err
+    assert not (tmp_path / "world").exists()
     assert load_tool("test").main([*argv, *elsewhere, "--build-missing"]) == 0
-    assert (tmp_path / "world" / "coco").is_dir() and (
-        tmp_path / "models" / "llava" / "config.json"
-    ).is_file()
+    assert (tmp_path / "world" / "coco").is_dir()
+
+
+def test_a_checkpoints_missing_lmm_is_reported_never_built(trained, capsys, tmp_path):
+    missing = tmp_path / "toy_models" / "llava"
+    argv = ["--ckpt", str(trained), "--splits", "refcoco:val", f"model.lmm.model={missing}", *QUIET]
+    err = _error(capsys, [*argv, "--build-missing"])
+    assert f"tools/pretrain_toy_lmm.py --out {missing}" in err
+    assert not missing.exists()

@@ -11,8 +11,8 @@ from flmm.engine.metrics import (
     binarize,
     box_iou,
     format_results_table,
-    mask_box,
 )
+from flmm.masks import box_xywh, mask_box
 
 PRECISION_KEYS = ["P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"]
 
@@ -45,7 +45,7 @@ def random_masks(n: int, seed: int) -> tuple[list[torch.Tensor], list[torch.Tens
 def test_perfect_predictions_score_100_everywhere():
     targets = [square(12, 2, 3, 5), square(20, 0, 0, 20), square(9, 4, 4, 1)]
     metric = ResMetrics()
-    metric.update([t.clone() for t in targets], targets, gt_boxes=[mask_box(t) for t in targets])
+    metric.update([t.clone() for t in targets], targets, gt_boxes=[box_xywh(mask_box(t)) for t in targets])
     result = metric.compute()
     for key in ["cIoU", "gIoU", *PRECISION_KEYS, "REC@0.5"]:
         assert result[key] == 100.0, key
@@ -104,9 +104,7 @@ def test_precision_counts_an_iou_equal_to_the_threshold(pred, target, expected):
     assert [metric.compute()[k] for k in PRECISION_KEYS] == expected
 
 
-def test_mask_box_is_the_tight_pixel_box_and_none_when_empty():
-    assert mask_box(square(12, 2, 3, 4, cols=6)) == (3.0, 2.0, 6.0, 4.0)
-    assert mask_box(torch.zeros(4, 4, dtype=torch.bool)) is None
+def test_box_iou_is_the_overlap_of_coco_boxes_over_their_union():
     assert box_iou([2, 2, 4, 4], [2, 2, 4, 8]) == 0.5
     assert box_iou([0, 0, 1, 1], [5, 5, 1, 1]) == 0.0
 
@@ -187,7 +185,7 @@ def test_res_metrics_agree_with_a_direct_float_computation_on_random_masks():
 
 def test_res_states_of_two_processes_sum_to_the_single_process_result():
     preds, targets = random_masks(40, seed=0)
-    boxes = [mask_box(t) for t in targets]
+    boxes = [box_xywh(mask_box(t)) for t in targets]
     single, first, second = ResMetrics(), ResMetrics(), ResMetrics()
     single.update(preds, targets, gt_boxes=boxes)
     first.update(preds[:13], targets[:13], gt_boxes=boxes[:13])

@@ -23,21 +23,13 @@ from tests.conftest import (
     TOY_CONFIG,
     TRAIN_STEPS,
     ToyWorld,
+    build_toy_models,
     load_checkpoint,
     load_tool,
     logged,
     read_metrics,
     toy_overrides,
 )
-
-
-@pytest.fixture(scope="module")
-def smoke_run(toy_world: ToyWorld, tmp_path_factory) -> Path:
-    """One epoch of TRAIN_STEPS steps + validation through tools/train.py; returns its output_dir."""
-    output_dir = tmp_path_factory.mktemp("smoke") / "run"
-    code = load_tool("train").main([str(TOY_CONFIG), *toy_overrides(toy_world, output_dir)])
-    assert code == 0
-    return output_dir
 
 
 def test_smoke_train_writes_checkpoint_logs_and_overlays(smoke_run: Path):
@@ -117,9 +109,8 @@ def test_resume_refuses_a_checkpoint_of_another_lmm(
     smoke_run: Path, toy_world: ToyWorld, tmp_path: Path, capsys
 ):
     # Three decoder layers instead of two: 6 attention channels instead of 4.
-    argv = toy_overrides(
-        toy_world, tmp_path / "other", "model.toy.lmm_sizes.text.num_hidden_layers=3", lmm=tmp_path / "llava3"
-    )
+    build_toy_models(tmp_path / "llava3", None, **{"text.num_hidden_layers": 3})
+    argv = toy_overrides(toy_world, tmp_path / "other", lmm=tmp_path / "llava3")
     code = load_tool("train").main(
         [str(TOY_CONFIG), *argv, "--resume", str(smoke_run / "checkpoints" / "last.ckpt")]
     )

@@ -11,7 +11,7 @@ import torch
 from flmm.errors import ConfigError, MissingWeightsError
 from flmm.models.sam_build import build_sam
 from flmm.models.sam_import import _caused_by_torchvision
-from flmm.models.sam_refiner import SamRefiner, decode_masks, mask_to_box
+from flmm.models.sam_refiner import SamRefiner, decode_masks
 from flmm.registry import MODELS
 
 HIDDEN, LAYERS = 24, 3
@@ -166,13 +166,6 @@ def test_cached_embeddings_give_the_same_result():
         direct = refiner(*batch)
         cached = refiner(*batch, image_embeddings=refiner.encode_images(batch[0]))
     torch.testing.assert_close(direct.low_res_logits, cached.low_res_logits)
-
-
-def test_mask_to_box_uses_exclusive_max_edges_and_whole_frame_when_empty():
-    mask = torch.zeros(2, 6, 9, dtype=torch.bool)
-    mask[0, 2:5, 3:7] = True
-    boxes = mask_to_box(mask)
-    torch.testing.assert_close(boxes, torch.tensor([[3.0, 2.0, 7.0, 5.0], [0.0, 0.0, 9.0, 6.0]]))
 
 
 def test_box_prompt_of_an_empty_coarse_mask_is_the_whole_image_in_sams_frame():

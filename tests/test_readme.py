@@ -1,6 +1,6 @@
 """Every command in the README's code blocks runs as written, so the README and the code cannot drift apart.
 
-The commands run in a scratch folder that holds the checkout's files (linked) but its own `runs/` and
+The commands run in scratch folders that hold the checkout's files (linked) but their own `runs/` and
 `data/`, in README order, through bash, exactly as a user types them, with these substitutions only:
 `[optional parts]` are left out, and the placeholders DIR, FILE and /path/to/root become scratch paths.
 `RULES` says for each command what it must do:
@@ -12,8 +12,10 @@ The commands run in a scratch folder that holds the checkout's files (linked) bu
   GPU this machine does not have);
 - `setup`: the set-up command, which ran before the tests did (it is `.ci/run`'s first step); the rest of
   the line runs (the main command: training and evaluation of the embedded default, in full);
-- `web`: the web demo, served on a free port (`--port 0` appended); its page is fetched, then it is stopped.
-A README command without a rule, or a rule without its command, fails the test.
+- `web`: the web demo, served on a free port (`--port 0` appended); its page (the Gradio app's, found by
+  its title) is fetched, then it is stopped.
+A README command without a rule, or a rule without its command, fails the test. The commands that use the
+main command's run go in its folder after it; the others run in a second folder, in a test of their own.
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import REPO_ROOT
 
@@ -65,6 +65,8 @@ RULES: dict[str, Rule] = {
     ".venv/bin/python tools/demo.py --mode attend-and-segment --config configs/flmm_toy.yaml "
     f'--image {IMAGE} --phrases "the blue diamond; the square"': Rule("ok"),
     ".venv/bin/python tools/demo.py --web --ckpt runs/flmm_toy/checkpoints/last.ckpt": Rule("web"),
+    ".venv/bin/python tools/export_head.py --ckpt runs/flmm_toy/checkpoints/last.ckpt "
+    "--out runs/flmm_toy/head": Rule("ok"),
     ".venv/bin/python tools/benchmark.py --device cuda --json runs/benchmark_gpu.json": Rule(
         "refuses", "CUDA is not available"
     ),
@@ -81,6 +83,9 @@ RULES: dict[str, Rule] = {
     ".venv/bin/python tools/make_synthetic.py --out data/synthetic_demo --seed 1 --images 40 --png-images 10 "
     "[--size PX] [key=value ...]": Rule("ok"),
     ".venv/bin/python tools/probe_grounding.py --lmm toy_models/tiny_llava": Rule("ok"),
+    ".venv/bin/python tools/pretrain_toy_lmm.py --out data/toy_models/tiny_llava_random --steps 0": Rule(
+        "ok"
+    ),
     ".venv/bin/python tools/train.py configs/flmm_toy_control.yaml && .venv/bin/python tools/test.py --ckpt "
     "runs/flmm_toy_control/checkpoints/last.ckpt": Rule("ok", shrink=TINY_RUN),
     ".venv/bin/python tools/pretrain_toy_lmm.py --out DIR": Rule("ok", shrink=TINY_LMM),
@@ -110,7 +115,7 @@ def as_run(command: str, scratch: Path) -> str:
     command = re.sub(r"\s*\[[^\]]*\]", "", command)
     command = command.replace("/path/to/root", "data/synthetic")
     command = re.sub(r"--out DIR\b", f"--out {scratch / 'out_dir'}", command)
-    return re.sub(r"--out FILE\b", f"--out {scratch / 'out_file.pth'}", command)
+    return re.sub(r"--out FILE\b", f"--out {scratch / 'out_file.safetensors'}", command)
 
 
 def _with_shrink(command: str, shrink: str) -> str:
@@ -119,10 +124,14 @@ def _with_shrink(command: str, shrink: str) -> str:
     return " && ".join(part if "tools/test.py" in part else f"{part} {shrink}" for part in parts)
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory) -> Path:
-    """A folder with the checkout's top-level entries linked, and empty `runs/` and `data/` of its own."""
-    root = tmp_path_factory.mktemp("readme")
+def uses_the_main_run(command: str) -> bool:
+    """Whether `command` reads what the main command made (its checkpoint, or the synthetic world under
+    data/synthetic); such commands run after it, in its folder."""
+    return any(part in command for part in ("runs/flmm_toy/", "data/synthetic/", "/path/to/root"))
+
+
+def make_scratch(root: Path) -> Path:
+    """`root` with the checkout's top-level entries linked, and empty `runs/` and `data/` of its own."""
     for entry in REPO_ROOT.iterdir():
         if entry.name not in {"runs", "data", ".git"}:
             (root / entry.name).symlink_to(entry)
@@ -177,17 +186,15 @@ def _serve_and_fetch(command: str, cwd: Path) -> str:
             process.wait()
 
 
-def test_readme_commands_run_as_written(scratch: Path):
-    """In README order: the main command first, so the commands after it find its checkpoint."""
+def _run_all(commands: list[str], scratch: Path) -> None:
+    """Run `commands` in order in `scratch`, each as its rule says; fail with every command that did not."""
     failures = []
-    for command in readme_commands():
+    for command in commands:
         rule = RULES[command]
         if rule.expect == "setup":
-            if command == TEST_COMMAND:
-                continue  # this very test run
             command = command.removeprefix(SETUP)
         elif rule.expect == "web":
-            assert "<form" in _serve_and_fetch(as_run(command, scratch), scratch)
+            assert '"title":"flmm demo"' in _serve_and_fetch(as_run(command, scratch), scratch)
             continue
         run = as_run(command, scratch)
         if rule.shrink:
@@ -200,3 +207,17 @@ def test_readme_commands_run_as_written(scratch: Path):
         elif result.returncode != 0:
             failures.append(f"{run}\n  exit {result.returncode}: {output[-2000:]}")
     assert not failures, "\n".join(failures)
+
+
+def test_the_main_command_and_the_commands_that_use_its_run(tmp_path: Path):
+    """The main command first, then in README order the commands that use its checkpoint or data."""
+    commands = [c for c in readme_commands() if uses_the_main_run(c)]
+    assert MAIN in readme_commands() and commands
+    _run_all([MAIN, *commands], make_scratch(tmp_path))
+
+
+def test_the_other_readme_commands_run_as_written(tmp_path: Path):
+    """Every other command (the test command aside: it is this very run), in README order, in a folder of
+    its own, so that a second worker can run it beside the main command."""
+    commands = [c for c in readme_commands() if c not in (MAIN, TEST_COMMAND) and not uses_the_main_run(c)]
+    _run_all(commands, make_scratch(tmp_path))

@@ -9,61 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from flmm.config import load_config
 from flmm.data.reasonseg import ReasonSegDataset, parse_reasonseg_json
 from flmm.data.splits import build_split_dataset, default_eval_splits, parse_split, split_exists
 from flmm.engine.evaluate import PhrasePredictions, evaluate, ground_truth_predictor
 from flmm.errors import DataError
+from tests.conftest import REASONSEG_IMAGES as IMAGES
+from tests.conftest import REASONSEG_SIZE, rect, write_reasonseg
 
-H, W = 48, 64
-
-
-def _rect(x0, y0, x1, y1) -> list[list[float]]:
-    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
-
-
-# name: (texts, is_sentence, shapes as (label, points))
-IMAGES = {
-    "a": (["the red thing", "what is red here?"], False, [("target", _rect(10, 10, 30, 20))]),
-    "b": (
-        ["Find the object a person would sit on to rest after a long walk."],
-        True,
-        [("target", _rect(0, 0, 20, 40)), ("ignore", _rect(5, 5, 10, 10)), ("flag", _rect(0, 0, 63, 47))],
-    ),
-    "c": (
-        ["Which region could hold water if it rained?"],
-        True,
-        [
-            ("ignore", _rect(30, 10, 60, 40)),
-            ("target", _rect(40, 20, 50, 30)),
-            ("target", [[0, 47], [8, 40], [16, 47]]),
-        ],
-    ),
-}
-
-
-def write_reasonseg(root: Path, split: str = "val") -> Path:
-    """LISA's layout: DATA_ROOT/reason_seg/ReasonSeg/SPLIT/NAME.{json,jpg}, LabelMe fields included."""
-    folder = root / "reason_seg" / "ReasonSeg" / split
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, (texts, is_sentence, shapes) in IMAGES.items():
-        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(folder / f"{name}.jpg")
-        record = {
-            "version": "4.5.6",
-            "shapes": [
-                {"label": label, "points": pts, "shape_type": "polygon", "flags": {}} for label, pts in shapes
-            ],
-            "imagePath": f"{name}.jpg",
-            "imageHeight": H,
-            "imageWidth": W,
-            "text": texts,
-            "is_sentence": is_sentence,
-        }
-        (folder / f"{name}.json").write_text(json.dumps(record))
-    return root
+H, W = REASONSEG_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +62,7 @@ def test_a_malformed_file_is_named_with_its_field(root, tmp_path):
     bad = tmp_path / "reason_seg" / "ReasonSeg" / "val" / "x.json"
     bad.parent.mkdir(parents=True)
     bad.write_text(
-        json.dumps({"shapes": [{"label": "target", "points": _rect(0, 0, 3, 3)}], "is_sentence": True})
+        json.dumps({"shapes": [{"label": "target", "points": rect(0, 0, 3, 3)}], "is_sentence": True})
     )
     with pytest.raises(DataError, match=r"x\.json: field 'text'"):
         parse_reasonseg_json(bad)
@@ -118,7 +73,7 @@ def test_a_malformed_file_is_named_with_its_field(root, tmp_path):
 def test_a_windows_1252_file_is_read_as_lisa_reads_it(tmp_path):
     path = tmp_path / "w.json"
     record = {"text": ["Where is the caf\u00e9\u2019s sign?"], "is_sentence": False}
-    record["shapes"] = [{"label": "target", "points": _rect(0, 0, 3, 3), "shape_type": "polygon"}]
+    record["shapes"] = [{"label": "target", "points": rect(0, 0, 3, 3), "shape_type": "polygon"}]
     path.write_bytes(json.dumps(record, ensure_ascii=False).encode("cp1252"))
     with pytest.raises(UnicodeDecodeError):
         path.read_text(encoding="utf-8")

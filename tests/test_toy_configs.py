@@ -1,10 +1,12 @@
 """The embedded default and its control: same everything but the frozen LMM's weights; shipped toy models
-are what their recipes make; the grounding probe runs."""
+are what their recipes make and are only loaded by the tools (the toy tools build them); the grounding
+probe runs."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,23 +15,23 @@ from safetensors.torch import load_file
 
 from flmm.config import load_config
 from flmm.data.synthetic import SyntheticConfig, generate_world
-from flmm.engine.toy import ensure_toy_models, toy_lmm_recipe, toy_sam_recipe
-from flmm.errors import ConfigError
 from flmm.lmm.tiny import build_tiny_llava
 from flmm.toy.captions import corpus
 from flmm.toy.pretrain_lmm import REPORT_FILE
+from flmm.toy.pretrain_sam import report_path
+from flmm.toy.recipe import LmmRecipe, SamRecipe, load_recipe
 from tests.conftest import REPO_ROOT, load_tool
 
 DEFAULT = REPO_ROOT / "configs" / "flmm_toy.yaml"
 CONTROL = REPO_ROOT / "configs" / "flmm_toy_control.yaml"
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json")
 TINY_SIZES = [
-    "model.toy.lmm_sizes.vision.image_size=32",
-    "model.toy.lmm_sizes.vision.hidden_size=32",
-    "model.toy.lmm_sizes.vision.intermediate_size=64",
-    "model.toy.lmm_sizes.text.hidden_size=32",
-    "model.toy.lmm_sizes.text.intermediate_size=64",
-    "model.toy.lmm_sizes.text.num_hidden_layers=2",
+    "sizes.vision.image_size=32",
+    "sizes.vision.hidden_size=32",
+    "sizes.vision.intermediate_size=64",
+    "sizes.text.hidden_size=32",
+    "sizes.text.intermediate_size=64",
+    "sizes.text.num_hidden_layers=2",
 ]
 
 
@@ -66,22 +68,15 @@ def _flat(cfg) -> dict:
 def test_control_config_differs_from_the_default_only_in_the_lmm_weights():
     default, control = _flat(load_config(DEFAULT)), _flat(load_config(CONTROL))
     differing = {k for k in default.keys() | control.keys() if default.get(k) != control.get(k)}
-    assert differing == {"output_dir", "model.lmm.model", "model.toy.pretrain_steps"}
-    assert control["model.toy.pretrain_steps"] == 0
+    assert differing == {"output_dir", "model.lmm.model"}
 
 
 def test_control_and_default_models_share_architecture_and_tokenizer(tmp_path: Path):
-    recipe = tmp_path / "recipe.yaml"
-    shrunk = OmegaConf.load(REPO_ROOT / "configs" / "toy_lmm.yaml")
-    shrunk.merge_with({"scenes": 16, "eval_scenes": 4, "batch_size": 4, "world": {"size": 64}})
-    OmegaConf.save(shrunk, recipe)
-    folders = {}
-    for name, path, steps in (("default", DEFAULT, 2), ("control", CONTROL, None)):
-        overrides = [f"model.lmm.model={tmp_path / name}", f"model.toy.lmm_recipe={recipe}", *TINY_SIZES]
-        overrides += ["model.refiner=null", "train.progress_bar=false"]
-        cfg = load_config(path, [*overrides, *([f"model.toy.pretrain_steps={steps}"] if steps else [])])
-        ensure_toy_models(cfg)
-        folders[name] = tmp_path / name
+    shrunk = ["scenes=16", "eval_scenes=4", "batch_size=4", "world.size=64", *TINY_SIZES]
+    folders = {"default": tmp_path / "default", "control": tmp_path / "control"}
+    for name, steps in (("default", 2), ("control", 0)):
+        argv = ["--out", str(folders[name]), "--steps", str(steps), "--quiet", *shrunk]
+        assert load_tool("pretrain_toy_lmm").main(argv) == 0
     for file in PROCESSOR_FILES:
         assert (folders["default"] / file).read_bytes() == (folders["control"] / file).read_bytes(), file
     assert _architecture(folders["default"]) == _architecture(folders["control"])
@@ -93,50 +88,44 @@ def test_control_and_default_models_share_architecture_and_tokenizer(tmp_path: P
 def test_shipped_toy_models_are_what_their_recipes_make(tmp_path: Path):
     cfg = load_config(DEFAULT)
     lmm, sam = Path(cfg.model.lmm.model), Path(cfg.model.refiner.checkpoint)
-    assert not str(lmm).startswith("data/") and not str(sam).startswith("data/")
-    lmm_recipe, sam_recipe = toy_lmm_recipe(cfg.model.toy), toy_sam_recipe(cfg.model.toy)
-    assert json.loads((REPO_ROOT / lmm / REPORT_FILE).read_text())["recipe"] == vars(lmm_recipe)
-    assert json.loads((REPO_ROOT / sam).with_suffix(".pth.json").read_text())["recipe"] == vars(sam_recipe)
+    assert lmm.parent == sam.parent == REPO_ROOT / "toy_models"
+    lmm_recipe = load_recipe(LmmRecipe, REPO_ROOT / "configs" / "toy_lmm.yaml")
+    sam_recipe = load_recipe(SamRecipe, REPO_ROOT / "configs" / "toy_sam.yaml")
+    assert json.loads((lmm / REPORT_FILE).read_text())["recipe"] == vars(lmm_recipe)
+    assert json.loads(report_path(sam).read_text())["recipe"] == vars(sam_recipe)
     fresh = build_tiny_llava(tmp_path, seed=lmm_recipe.seed, config=lmm_recipe.sizes, corpus=corpus())
     for file in PROCESSOR_FILES:
-        assert (REPO_ROOT / lmm / file).read_bytes() == (fresh / file).read_bytes(), file
-    assert _architecture(REPO_ROOT / lmm) == _architecture(fresh)
-    shipped = [p for p in (REPO_ROOT / lmm.parent).rglob("*") if p.is_file()]
+        assert (lmm / file).read_bytes() == (fresh / file).read_bytes(), file
+    assert _architecture(lmm) == _architecture(fresh)
+    shipped = [p for p in lmm.parent.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in shipped) <= 10 * 2**20
 
 
-def _toy_paths(toy_models: Path) -> list[str]:
-    """Overrides pointing the default at the toy models under `toy_models`, recipes by absolute path."""
-    return [
-        f"model.lmm.model={toy_models / 'tiny_llava'}",
-        f"model.refiner.checkpoint={toy_models / 'tiny_sam.pth'}",
-        f"model.toy.lmm_recipe={REPO_ROOT / 'configs' / 'toy_lmm.yaml'}",
-        f"model.toy.sam_recipe={REPO_ROOT / 'configs' / 'toy_sam.yaml'}",
-        "train.progress_bar=false",
-    ]
+def test_a_missing_toy_model_stops_the_run_with_the_command_that_builds_it(tmp_path: Path, capsys):
+    missing = tmp_path / "toy_models" / "tiny_llava_random"
+    assert load_tool("train").main([str(CONTROL), f"model.lmm.model={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert f"python tools/pretrain_toy_lmm.py --out {missing}" in err and "--steps 0" in err
+    assert not missing.exists() and not (tmp_path / "toy_models").exists()
 
 
-def test_shipped_toy_models_pass_the_recipe_check_without_rebuilding():
-    toy_models = REPO_ROOT / "toy_models"
-    files = [toy_models / "tiny_llava" / "model.safetensors", toy_models / "tiny_sam.pth"]
-    before = [f.stat().st_mtime_ns for f in files]
-    ensure_toy_models(load_config(DEFAULT, _toy_paths(toy_models)))
-    assert [f.stat().st_mtime_ns for f in files] == before
-
-
-@pytest.mark.parametrize(
-    ("override", "model", "differing"),
-    [
-        ("model.toy.seed=1", "tiny_llava", "seed"),
-        ("model.toy.lmm_sizes.text.num_attention_heads=4", "tiny_llava", "sizes"),
-        ("model.toy.sam_pretrain_steps=7", "tiny_sam.pth", "steps"),
-    ],
-)
-def test_a_toy_model_built_by_another_recipe_is_refused_and_kept(tmp_path, override, model, differing):
-    toy_models = shutil.copytree(REPO_ROOT / "toy_models", tmp_path / "toy_models")
-    with pytest.raises(ConfigError, match=rf"{model} was built by another recipe.*differing: {differing}\b"):
-        ensure_toy_models(load_config(DEFAULT, [*_toy_paths(toy_models), override]))
-    assert (toy_models / model).exists()
+def test_production_modules_never_import_the_toy_builders():
+    """Training, evaluation, the demo and the library they use only load model folders: the toy-model
+    builders (`flmm.toy`) are the toy tools' alone."""
+    probe = (
+        "import importlib.util, sys\n"
+        "for name in ('train', 'test', 'demo', 'browse_data', 'export_head'):\n"
+        "    path = f'tools/{name}.py'\n"
+        "    spec = importlib.util.spec_from_file_location(f'tool_{name}', path)\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "import flmm.engine.attend, flmm.engine.evaluate, flmm.demo.pipeline, flmm.benchmark.train\n"
+        "print(sorted(m for m in sys.modules if m == 'flmm.toy' or m.startswith('flmm.toy.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.fixture(scope="module")

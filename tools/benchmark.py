@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch
 
@@ -40,9 +37,10 @@ from flmm.benchmark.evaluation import eval_rows
 from flmm.benchmark.memory import GIB, estimate, largest_batch
 from flmm.benchmark.models import FAMILIES, preset_sizes
 from flmm.benchmark.train import train_rows
+from flmm.shipped import shipped_path
 
 SUITES = ("capture", "train", "eval", "demo", "memory")
-TOY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flmm_toy.yaml"
+TOY_CONFIG = shipped_path("configs/flmm_toy.yaml")
 PRESETS = ("toy", "llava7b-slice", "llava7b")
 # The 7B recipe's typical sample: LLaVA-1.5's 576 image tokens + prompt + a RefCOCO text of a few phrases.
 RECIPE_SEQ_LEN, RECIPE_PHRASE_TOKENS = 640, 24

@@ -2,8 +2,7 @@
 
     python tools/demo.py --ckpt PATH --image IMG "What is the red object?"
     python tools/demo.py --mode attend-and-segment --config CONFIG --image IMG ["question"] [--phrases "a; b"]
-    python tools/demo.py --web [--port N] [--timeout S] [--max-connections N]
-        (--ckpt PATH | --mode attend-and-segment --config CONFIG)
+    python tools/demo.py --web [--host H] [--port N] [--share] [--ckpt PATH] [--config CONFIG]
 
 The LMM answers with its own generate() (greedy by default; --sample with --temperature / --top-p /
 --seed), the phrases to ground are chosen (--source: the whole answer, or the checkpoint's keyword
@@ -11,8 +10,9 @@ selector; --phrases grounds given phrases instead, found in the answer when they
 own) and grounded by the trained head of --ckpt or, training-free, by attend-and-segment (the attention
 peak as a SAM point prompt; --top-heads keeps only the most concentrated heads). Prints the answer with
 its phrases marked (--format plain|kosmos|glamm) and writes OUT/overlay.png and OUT/result.json.
---web serves the same on http://127.0.0.1:PORT/ instead (a client has --timeout seconds to send its
-request; --max-connections are served at once, more get 503). `key=value` arguments override the config.
+--web serves the same as a Gradio app on http://127.0.0.1:7860/ instead (--host, --port; --share also makes a
+public gradio.live link), in the modes it is given: --ckpt the trained head, --config attend-and-segment,
+or both (--mode picks the one selected first). `key=value` arguments override the config.
 The answer tokens' attention is recorded while the LMM generates them (hooked capture, LLaVA-1.5);
 --prefill-grounding takes it from one more prefill over prompt + answer, the path other setups use.
 """
@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from flmm.cli import parse_with_overrides
 from flmm.data.image_io import load_rgb
@@ -33,7 +30,6 @@ from flmm.demo.answer import GenerationSettings
 from flmm.demo.output import format_answer, write_outputs
 from flmm.demo.phrases import TEXT_FORMATS, parse_phrase_list
 from flmm.demo.pipeline import SOURCES, Demo
-from flmm.demo.web import ConnectionLimits, make_server
 from flmm.errors import FlmmError
 
 MODES = ("head", "attend-and-segment")
@@ -45,9 +41,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("question", nargs="?", default=None, help="the question to ask about the image")
     parser.add_argument(
-        "--mode", choices=MODES, default="head", help="trained head (--ckpt) or training-free"
+        "--mode", choices=MODES, default=None, help="trained head (--ckpt, the default) or training-free"
     )
-    parser.add_argument("--ckpt", type=Path, help="checkpoint of tools/train.py (mode head)")
+    parser.add_argument(
+        "--ckpt",
+        type=Path,
+        help="checkpoint of tools/train.py or head folder of tools/export_head.py (mode head)",
+    )
     parser.add_argument("--config", type=Path, help="config naming the LMM and SAM (mode attend-and-segment)")
     parser.add_argument("--image", type=Path, help="the image (not with --web)")
     parser.add_argument("--phrases", default=None, help='phrases to ground instead of choosing, "a; b"')
@@ -76,44 +76,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="ground from one prefill over prompt + answer after generating, not from the decode steps",
     )
-    parser.add_argument("--web", action="store_true", help="serve the demo page on 127.0.0.1")
-    parser.add_argument(
-        "--build-missing",
-        action="store_true",
-        help="build the toy models a checkpoint's config names if missing",
-    )
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=ConnectionLimits.timeout_s,
-        metavar="S",
-        help="--web: seconds a client has to send its request, and again to read the answer",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=int,
-        default=ConnectionLimits.max_connections,
-        metavar="N",
-        help="--web: connections served at once; one more gets 503",
-    )
+    parser.add_argument("--web", action="store_true", help="serve the demo as a Gradio app on --host")
+    parser.add_argument("--host", default="127.0.0.1", help="--web: the address to listen on")
+    parser.add_argument("--port", type=int, default=7860, help="--web: the port (0: any free one)")
+    parser.add_argument("--share", action="store_true", help="--web: also serve on a public gradio.live link")
     args = parse_with_overrides(parser, argv, "model.selector.threshold=0.3")
+    if args.web:
+        if args.ckpt is None and args.config is None:
+            parser.error("--web needs --ckpt (mode head), --config (mode attend-and-segment) or both")
+        if args.mode is not None and (args.ckpt if args.mode == "head" else args.config) is None:
+            parser.error(f"--mode {args.mode} needs {'--ckpt' if args.mode == 'head' else '--config'}")
+        return args
+    args.mode = args.mode or "head"
     if args.mode == "head" and (args.ckpt is None or args.config is not None):
         parser.error("mode head needs --ckpt (and no --config)")
     if args.mode == "attend-and-segment" and (args.config is None or args.ckpt is not None):
         parser.error("mode attend-and-segment needs --config (and no --ckpt)")
-    if not args.web and args.image is None:
+    if args.image is None:
         parser.error("--image is required (or --web)")
-    if not args.web and args.question is None and not args.phrases:
+    if args.question is None and not args.phrases:
         parser.error("give a question, --phrases, or both")
     return args
 
 
-def load_demo(args: argparse.Namespace) -> Demo:
+def load_demo(args: argparse.Namespace, mode: str) -> Demo:
     during = {"ground_during_generation": not args.prefill_grounding}
-    if args.mode == "head":
-        return Demo.from_checkpoint(args.ckpt, args.overrides, args.device, args.build_missing, **during)
+    if mode == "head":
+        return Demo.from_checkpoint(args.ckpt, args.overrides, args.device, **during)
     return Demo.from_config(args.config, args.overrides, args.top_heads, args.device, **during)
+
+
+def serve(args: argparse.Namespace, settings: GenerationSettings) -> None:
+    """The Gradio app in every mode given (--mode's first), until Ctrl-C."""
+    from flmm.demo.gradio_app import build_app, launch  # gradio takes seconds to import; only --web needs it
+
+    modes = [m for m, given in zip(MODES, (args.ckpt, args.config), strict=True) if given is not None]
+    modes.sort(key=lambda m: m != args.mode)
+    app = build_app([load_demo(args, m) for m in modes], settings=settings, source=args.source)
+    try:
+        url = launch(app, host=args.host, port=args.port, share=args.share)
+    except OSError:
+        raise ValueError(
+            f"cannot serve on {args.host}:{args.port}: the port is busy or not this machine's address"
+        ) from None
+    print(f"serving on {url} (Ctrl-C stops)", flush=True)
+    app.block_thread()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,22 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings.generate_kwargs()  # bad decoding options fail now, not at the first question
         if args.web:
-            connections = ConnectionLimits(args.timeout, args.max_connections)  # bad values fail first
-            demo = load_demo(args)
-            try:
-                server = make_server(demo, args.port, settings, connections=connections)
-            except OSError as exc:
-                raise ValueError(f"cannot serve on 127.0.0.1:{args.port}: {exc}") from None
-            print(f"serving on http://127.0.0.1:{server.server_port}/ (Ctrl-C stops)")
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                server.server_close()
+            serve(args, settings)
             return 0
         # The image and the phrases first: a wrong path fails before minutes of model loading.
         image = load_rgb(args.image)
         phrases = parse_phrase_list(args.phrases) if args.phrases else None
-        result = load_demo(args).run(image, args.question, phrases, settings, args.source)
+        result = load_demo(args, args.mode).run(image, args.question, phrases, settings, args.source)
     except (FlmmError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,11 +14,8 @@ DIR/pretrain_report.json keeps them with the recipe and the loss curve.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from flmm.cli import parse_with_overrides
 from flmm.errors import FlmmError

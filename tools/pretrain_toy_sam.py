@@ -1,22 +1,20 @@
 """Pretrain the toy SAM of the embedded default on the synthetic world's masks (SAM's promptable objective).
 
-    python tools/pretrain_toy_sam.py --out FILE.pth [--config configs/toy_sam.yaml] [--seed N] [--steps N]
-        [key=value ...]
+    python tools/pretrain_toy_sam.py --out FILE.safetensors [--config configs/toy_sam.yaml] [--seed N]
+        [--steps N] [key=value ...]
 
 Trains `build_tiny_sam()` (segment_anything's modules at toy sizes) with random point and box prompts ->
-mask on freshly drawn synthetic scenes (never the world's own images), saves its state dict to FILE.pth
-(what `model.refiner.checkpoint` takes) and prints the held-out mIoU from one point prompt and from the box;
-FILE.pth.json keeps them with the recipe.
+mask on freshly drawn synthetic scenes (never the world's own images), saves its state dict to
+FILE.safetensors (what `model.refiner.checkpoint` takes; a FILE.pth is written with torch.save instead) and
+prints the held-out mIoU from one point prompt and from the box; FILE.safetensors.json keeps them with the
+recipe.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from flmm.cli import parse_with_overrides
 from flmm.errors import FlmmError
@@ -28,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", required=True, help="the .pth file to write")
+    parser.add_argument("--out", required=True, help="the .safetensors (or .pth) file to write")
     parser.add_argument("--config", default="configs/toy_sam.yaml", help="recipe YAML")
     parser.add_argument("--seed", type=int, default=None, help="overrides the recipe's seed")
     parser.add_argument("--steps", type=int, default=None, help="overrides the recipe's steps")

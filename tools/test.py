@@ -1,6 +1,6 @@
 """Evaluate a checkpoint of tools/train.py, or training-free attend-and-segment, on RES, PNG, ReasonSeg.
 
-    python tools/test.py --ckpt PATH [--splits refcoco:val,refcoco+:testA,reasonseg:val,...]
+    python tools/test.py --ckpt PATH_OR_HEAD_FOLDER [--splits refcoco:val,refcoco+:testA,reasonseg:val,...]
         [--protocol all-sentences|first-sentence-concat|both] [--out DIR] [--save-masks] [--overlays N]
         [key=value ...]
     python tools/test.py --mode attend-and-segment --config CONFIG [--top-heads FRACTION] [same options]
@@ -18,8 +18,9 @@ A query is grounded as the phrase it is (teacher-forced after the description pr
 tools/demo.py (ReasonSeg's question -> answer -> mask).
 Several GPUs or nodes: train.devices / train.num_nodes / train.strategy / train.accelerator, as in training.
 
-Writes to DIR (default RUN/eval for RUN/checkpoints/x.ckpt, else eval/ beside the checkpoint;
-OUTPUT_DIR/eval_attend-and-segment for attend-and-segment):
+--ckpt also takes a head folder of tools/export_head.py (or its hub repository id, owner/name).
+Writes to DIR (default RUN/eval for RUN/checkpoints/x.ckpt, HEAD_FOLDER/eval, eval/OWNER/NAME for a hub id,
+else eval/ beside the checkpoint; OUTPUT_DIR/eval_attend-and-segment for attend-and-segment):
 results.json, results.md, config.yaml, overlays/SPLIT_PROTOCOL/{best,worst}_NN.png (the N best and worst
 queries) and, with --save-masks, masks_SPLIT_PROTOCOL.jsonl (every query's predicted mask as COCO RLE).
 """
@@ -28,11 +29,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from flmm.cli import parse_with_overrides
 from flmm.config import load_config
@@ -45,27 +43,21 @@ from flmm.engine.build import preflight
 from flmm.engine.evaluate import (
     RES_EVAL_PROTOCOLS,
     checkpoint_config,
+    default_out_dir,
     evaluate,
     load_checkpoint,
     load_module,
     resolve_splits,
 )
 from flmm.engine.metrics import format_results_table
-from flmm.engine.toy import ensure_toy_models
 from flmm.errors import FlmmError
 
 BUILD_HINT = (
-    "A checkpoint's config may name a synthetic world or toy models that it would make itself; tools/test.py "
-    "writes them into its data.root / model paths only with --build-missing."
+    "A checkpoint's config may name a synthetic world that it would generate itself; tools/test.py writes "
+    "it into the config's data.root only with --build-missing."
 )
 PROTOCOLS = {"both": RES_EVAL_PROTOCOLS, **{p: (p,) for p in RES_EVAL_PROTOCOLS}}
 MODES = ("head", "attend-and-segment")
-
-
-def default_out_dir(checkpoint: Path) -> Path:
-    """RUN/eval for a checkpoint in RUN/checkpoints/, else eval/ beside the checkpoint."""
-    folder = checkpoint.resolve().parent
-    return (folder.parent if folder.name == "checkpoints" else folder) / "eval"
 
 
 def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
@@ -76,13 +68,12 @@ def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
     else:
         cfg = load_config(args.config, args.overrides)
     requested = [s.strip() for s in (args.splits or "").split(",") if s.strip()]
-    # A checkpoint's config may come from elsewhere: its data root and model paths are written to only when
-    # asked (a user's own --config is theirs to act on, as in training).
+    # A checkpoint's config may come from elsewhere: its data root is written to only when asked (a user's
+    # own --config is theirs to act on, as in training).
     build = args.mode != "head" or args.build_missing
     if build:
         ensure_synthetic_world(cfg.data)
     splits = resolve_splits(cfg, requested)
-    ensure_toy_models(cfg, build=build)
     preflight(cfg, splits, "" if build else BUILD_HINT)
     if args.mode == "head":
         out = args.out or default_out_dir(args.ckpt)
@@ -120,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mode", choices=MODES, default="head", help="a trained checkpoint, or training-free"
     )
-    parser.add_argument("--ckpt", type=Path, help="checkpoint written by tools/train.py (mode head)")
+    parser.add_argument(
+        "--ckpt",
+        type=Path,
+        help="checkpoint of tools/train.py or head folder of tools/export_head.py (mode head)",
+    )
     parser.add_argument("--config", type=Path, help="config of the LMM and SAM (mode attend-and-segment)")
     parser.add_argument(
         "--top-heads", type=float, default=None, help="attend-and-segment: keep this fraction of heads"
@@ -139,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--build-missing",
         action="store_true",
-        help="generate the synthetic data / build the toy models a checkpoint's config names if missing",
+        help="generate the synthetic world a checkpoint's config names if missing",
     )
     args = parse_with_overrides(parser, argv, "data.root=/datasets")
     if args.mode == "head" and (args.ckpt is None or args.config is not None):

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
@@ -35,7 +32,6 @@ from flmm.engine.datamodule import GroundingDataModule
 from flmm.engine.module import GroundingModule, check_checkpoint_fits, read_checkpoint
 from flmm.engine.resume import check_resume_config
 from flmm.engine.skips import SkipCounter
-from flmm.engine.toy import ensure_toy_models
 from flmm.errors import ConfigError, FlmmError
 
 # The frozen LMM and SAM image encoder stay in eval mode on purpose (tests/test_engine_train.py checks it).
@@ -142,7 +138,6 @@ def train(cfg, resume: str | None = None, allow_config_change: bool = False) -> 
         for change in check_resume_config(stored, config_to_dict(cfg), allow_config_change):
             print(f"resuming with a changed config: {change}", flush=True)
     ensure_synthetic_world(cfg.data)
-    ensure_toy_models(cfg)
     preflight(cfg, [*cfg.data.train_splits, *cfg.data.val_splits])
     module = GroundingModule(config_to_dict(cfg))
     if checkpoint is not None:

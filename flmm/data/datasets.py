@@ -41,6 +41,7 @@ from flmm.data.png import Narrative, load_png_split, phrase_masks
 from flmm.data.refcoco import ReferredObject, decode_segmentation, load_refer_split
 from flmm.data.skips import SkipBudget
 from flmm.errors import DataError
+from flmm.masks import box_xywh, mask_box
 from flmm.registry import DATASETS
 
 log = logging.getLogger("flmm.data")
@@ -57,14 +58,6 @@ class Skipped(NamedTuple):
     dataset: str
     index: int
     reason: str
-
-
-def mask_bbox(mask: np.ndarray) -> list[float]:
-    """Tight `[x, y, w, h]` box of a `(H, W)` bool mask; all zeros when the mask is empty."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
 def join_phrases(phrases: list[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -270,7 +263,7 @@ class PngDataset(GroundingDataset):
                 "expression": phrase.utterance,
                 "segment_ids": [str(s) for s in phrase.segment_ids],
                 "area": int(mask.sum()),
-                "bbox": mask_bbox(mask),
+                "bbox": box_xywh(mask_box(mask) or [0, 0, 0, 0]),
                 "plural": phrase.plural,
                 "isthing": phrase.isthing,
             }

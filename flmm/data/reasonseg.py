@@ -26,10 +26,11 @@ import cv2
 import numpy as np
 import torch
 
-from flmm.data.datasets import RES_PROTOCOLS, GroundingDataset, mask_bbox
+from flmm.data.datasets import RES_PROTOCOLS, GroundingDataset
 from flmm.data.image_io import load_rgb
 from flmm.data.skips import SkipBudget
 from flmm.errors import DataError
+from flmm.masks import box_xywh, mask_box
 from flmm.registry import DATASETS
 
 REASONSEG_SPLITS = ("train", "val", "test")
@@ -169,7 +170,7 @@ class ReasonSegDataset(GroundingDataset):
             "image_file": str(info.image_path),
             "expression": text,
             "area": int(target.sum()),
-            "bbox": mask_bbox(target),
+            "bbox": box_xywh(mask_box(target) or [0, 0, 0, 0]),
             "is_sentence": info.is_sentence,
             "query_length": "long" if info.is_sentence else "short",
             "ignore_mask": torch.from_numpy(ignore),

@@ -30,6 +30,7 @@ from flmm.data.synthetic_scene import (
 )
 from flmm.data.synthetic_text import narrative, ref_record, refer_objects
 from flmm.errors import ConfigError
+from flmm.masks import box_xywh, mask_box, mask_rle
 
 RES_EVAL_SPLITS = (("val", 0.1), ("testA", 0.1), ("testB", 0.1))
 PNG_VAL_FRACTION = 0.2
@@ -157,9 +158,9 @@ def _annotation(o: SceneObject, ann_id: int, image_id: int, rng) -> dict:
     if not o.occluded:
         seg, rle = [o.polygon], mask_utils.merge(mask_utils.frPyObjects([o.polygon], h, w))
     else:
-        rle = mask_utils.encode(np.asfortranarray(o.mask.astype(np.uint8)))
+        rle = mask_rle(o.mask)
         compressed = rng.random() < 0.5  # both encodings occur in real files
-        seg = {"size": [h, w], "counts": rle["counts"].decode("ascii") if compressed else _rle_counts(o.mask)}
+        seg = rle if compressed else {"size": [h, w], "counts": _rle_counts(o.mask)}
     return {
         "id": ann_id,
         "image_id": image_id,
@@ -217,11 +218,6 @@ def _write_res(out: Path, config: SyntheticConfig, holdout: list) -> dict[str, i
     return counts | {f"{style}_sentences": k for style, k in sent_ids.items()}
 
 
-def _box(mask: np.ndarray) -> list[int]:
-    ys, xs = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
-
-
 def _write_png(out: Path, config: SyntheticConfig, holdout: list) -> dict[str, int]:
     n, combos = config.n_png_images, [(c, s) for c in COLOURS for s in SHAPES]
     splits = _split_of(n, np.random.default_rng([config.seed, 4]), (("val", PNG_VAL_FRACTION),))
@@ -243,8 +239,9 @@ def _write_png(out: Path, config: SyntheticConfig, holdout: list) -> dict[str, i
         for sid, (mask, cat) in zip(ids, regions):
             if mask.any():
                 id_map[mask] = sid
+                bbox = [int(v) for v in box_xywh(mask_box(mask))]  # panoptic segments_info boxes are ints
                 infos.append(
-                    {"id": sid, "category_id": cat, "iscrowd": 0, "bbox": _box(mask), "area": int(mask.sum())}
+                    {"id": sid, "category_id": cat, "iscrowd": 0, "bbox": bbox, "area": int(mask.sum())}
                 )
         rgb = np.stack([id_map % 256, id_map // 256 % 256, id_map // 65536], -1).astype(np.uint8)
         _save_image(out / "coco" / "annotations" / f"panoptic_{folder}" / f"{stem}.png", rgb, "PNG")

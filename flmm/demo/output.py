@@ -15,17 +15,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from flmm.data.overlay import PALETTE, draw_overlay
 from flmm.demo.phrases import TEXT_FORMATS, marked_text
 from flmm.demo.pipeline import DemoResult
-
-
-def mask_rle(mask: np.ndarray) -> dict:
-    """`(H, W)` bool -> COCO RLE `{"size": [H, W], "counts": str}`."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+from flmm.masks import mask_rle
 
 
 def format_answer(result: DemoResult, style: str = "plain") -> str:

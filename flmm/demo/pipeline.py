@@ -40,9 +40,9 @@ from flmm.engine.attend import AttendAndSegment, build_attend_and_segment
 from flmm.engine.build import preflight
 from flmm.engine.evaluate import checkpoint_config, load_checkpoint, load_module
 from flmm.engine.metrics import binarize
-from flmm.engine.toy import ensure_toy_models
 from flmm.lmm.adapter import LMMAdapter, LMMImage
 from flmm.lmm.text import Span, phrase_ids_from_offsets
+from flmm.masks import mask_box
 from flmm.models.grounding import GroundingModel
 from flmm.models.selector import KeywordSelector
 
@@ -90,12 +90,6 @@ class DemoResult:
     image_size: tuple[int, int]
 
 
-def mask_box(mask: np.ndarray) -> list[int] | None:
-    """`[x0, y0, x1, y1]` of the True pixels of `(H, W)`, max edges exclusive; None when empty."""
-    ys, xs = np.nonzero(mask)
-    return None if len(xs) == 0 else [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-
-
 class Demo:
     """A loaded grounder: the frozen LMM adapter and either the trained `head` (+ optional `selector`)
     or the training-free `attend`. Build it with `from_checkpoint` or `from_config`.
@@ -131,18 +125,13 @@ class Demo:
         path,
         overrides: Sequence[str] = (),
         device: str | None = None,
-        build_missing: bool = False,
         ground_during_generation: bool = True,
     ) -> Demo:
-        """The trained head (and selector, if it has one) of a tools/train.py checkpoint.
-
-        The toy models a checkpoint's config names are built only with `build_missing` (a checkpoint from
-        elsewhere must not make the demo write files or start pretraining); else a missing one is reported.
-        """
+        """The trained head (and selector, if it has one) of a tools/train.py checkpoint; a missing model
+        its config names is reported (with the command that builds it, for a toy model)."""
         checkpoint = load_checkpoint(path)
         cfg = checkpoint_config(checkpoint, overrides, source=str(path))
-        ensure_toy_models(cfg, build=build_missing)
-        preflight(cfg, [], "" if build_missing else "Build a checkpoint's toy models with --build-missing.")
+        preflight(cfg, [])
         module = load_module(checkpoint, cfg).to(_device(device))
         return cls(
             module.adapter,
@@ -162,7 +151,6 @@ class Demo:
     ) -> Demo:
         """Attend-and-segment with a config's frozen LMM and SAM; no checkpoint."""
         cfg = load_config(path, overrides)
-        ensure_toy_models(cfg)
         preflight(cfg, [])
         attend = build_attend_and_segment(cfg, top_fraction).to(_device(device))
         return cls(attend.adapter, attend=attend, ground_during_generation=ground_during_generation)

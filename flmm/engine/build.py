@@ -20,6 +20,7 @@ from flmm.lmm.families import FAMILIES, adapter_for
 from flmm.lmm.loading import resolve_checkpoint
 from flmm.models.grounding import GroundingModel
 from flmm.models.mask_head import UNetMaskHead
+from flmm.models.sam_build import SAM_CHECKPOINT_FILES
 from flmm.models.sam_refiner import SamRefiner
 from flmm.models.selector import KeywordSelector
 from flmm.registry import LMM_ADAPTERS, MODELS
@@ -32,13 +33,6 @@ BUILTIN_COMPONENTS = (
     GroundingModel,
     KeywordSelector,
 )
-
-SAM_DOWNLOADS = {
-    "vit_b": "sam_vit_b_01ec64.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "vit_h": "sam_vit_h_4b8939.pth",
-}
-
 
 # Arguments the builders add from the LMM adapter (a config must not give them).
 PROVIDED = {
@@ -73,22 +67,8 @@ def check_components(cfg: DictConfig, source: str = "config") -> None:
         if cfg.data.synthetic is not None:
             fields = [f.name for f in dataclasses.fields(SyntheticConfig)]
             check_keys("data.synthetic", "SyntheticConfig", list(cfg.data.synthetic), fields)
-        if cfg.model.get("toy") is not None:
-            check_toy_sizes(cfg.model.toy)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-
-
-def check_toy_sizes(toy: DictConfig) -> None:
-    """`model.toy.lmm_sizes` against the sizes its recipe has (`{vision: {...}, text: {...}}`); a recipe
-    file not found here is left to the toy-model builder, which names it."""
-    recipe = Path(str(toy.lmm_recipe))
-    if not toy.lmm_sizes or not recipe.is_file():
-        return
-    known = OmegaConf.to_container(OmegaConf.load(recipe).get("sizes", {}))
-    check_keys("model.toy.lmm_sizes", f"the sizes of {recipe}", list(toy.lmm_sizes), list(known))
-    for part, sizes in toy.lmm_sizes.items():
-        check_keys(f"model.toy.lmm_sizes.{part}", f"{recipe} sizes.{part}", list(sizes), list(known[part]))
 
 
 def build_adapter(cfg: DictConfig) -> LMMAdapter:
@@ -125,6 +105,18 @@ def build_text_component(cfg: DictConfig, adapter: LMMAdapter, key: str):
     )
 
 
+def toy_model_hint(path: str, tool: str) -> str | None:
+    """For a missing path inside a `toy_models/` folder: that it is one of the embedded default's toy
+    models and the command that builds it (training, evaluation and the demo only load them)."""
+    if "toy_models" not in Path(path).parts:
+        return None
+    return (
+        f"{path} not found: it is a toy model of the embedded default; build it with "
+        f"`python {tool} --out {path}` (`--steps 0` keeps the random initial weights, as a control's "
+        "model is; toy_models/README.md says how each shipped one was made)"
+    )
+
+
 def preflight(cfg: DictConfig, splits: list[str], hint: str = "") -> None:
     """Raise one FlmmError listing every missing weight file and dataset the config needs (and `hint`)."""
     problems = []
@@ -132,16 +124,20 @@ def preflight(cfg: DictConfig, splits: list[str], hint: str = "") -> None:
         lmm = cfg.model.lmm
         resolve_checkpoint(lmm.get("model", ""), lmm.get("local_files_only"), lmm.get("revision"))
     except MissingWeightsError as exc:
-        problems.append(f"LMM weights (model.lmm.model): {exc}")
+        toy = toy_model_hint(str(lmm.get("model", "")), "tools/pretrain_toy_lmm.py")
+        problems.append(f"LMM weights (model.lmm.model): {toy or exc}")
     refiner = cfg.model.refiner
-    if refiner is not None and refiner.get("model_type") in SAM_DOWNLOADS:
-        checkpoint = refiner.get("checkpoint")
+    checkpoint = None if refiner is None else refiner.get("checkpoint")
+    if refiner is not None and refiner.get("model_type") in SAM_CHECKPOINT_FILES:
         if not checkpoint or not Path(checkpoint).is_file():
             problems.append(
                 f"SAM weights (model.refiner.checkpoint): {checkpoint} not found. Download "
-                f"{SAM_DOWNLOADS[refiner.model_type]} from the segment-anything release and put it there, "
-                "or set model.refiner.checkpoint=PATH."
+                f"{SAM_CHECKPOINT_FILES[refiner.model_type]} from the segment-anything release and put it "
+                "there, or set model.refiner.checkpoint=PATH."
             )
+    elif checkpoint and not Path(checkpoint).is_file():
+        toy = toy_model_hint(str(checkpoint), "tools/pretrain_toy_sam.py")
+        problems.append(f"SAM weights (model.refiner.checkpoint): {toy or f'{checkpoint} not found'}")
     root = Path(str(cfg.data.root))
     problems += [f"data: {missing_data_message(root, s)}" for s in splits if not split_exists(root, s)]
     if problems:

@@ -24,13 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pycocotools import mask as mask_utils
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -46,6 +44,8 @@ from flmm.engine.report import QueryRecord, ReportWriter
 from flmm.engine.sampling import ShardSampler, world
 from flmm.engine.task_metrics import TaskExtraMetrics, without_ignored
 from flmm.errors import ConfigError, FlmmError
+from flmm.hub import check_same_sam, folder_checkpoint, resolve_head
+from flmm.masks import mask_rle
 from flmm.models.mask_head import crop_padding
 
 RES_EVAL_PROTOCOLS = ("all-sentences", "first-sentence-concat")
@@ -167,11 +167,6 @@ def _as_masks(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [m if m.dtype == torch.bool else binarize(m) for m in maps]
 
 
-def _rle(mask: torch.Tensor) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.cpu().numpy().astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def _gather_to_rank_zero(obj: Any) -> list[Any] | None:
     """Every rank's `obj` on rank 0 (in rank order), None on the other ranks."""
     rank, world_size = world()
@@ -245,7 +240,7 @@ class EvaluationModule(pl.LightningModule):
                     expression=q["expression"],
                     image_id=q["image_id"],
                     iou=n_inter / n_union if n_union else 1.0,
-                    rle=_rle(pred) if self.keep_masks else None,
+                    rle=mask_rle(pred) if self.keep_masks else None,
                 )
             )
 
@@ -354,9 +349,22 @@ def evaluate(
     return json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
 
 
+def default_out_dir(checkpoint: Path) -> Path:
+    """Where tools/test.py writes a checkpoint's evaluation by default: RUN/eval for RUN/checkpoints/x.ckpt,
+    DIR/eval for a head folder DIR, eval/OWNER/NAME for a hub repository, else eval/ beside the checkpoint."""
+    path = checkpoint.resolve()
+    if path.is_dir():
+        return path / "eval"
+    if not path.exists():  # a hub repository (`flmm.hub.resolve_head`): not into the hub's cache
+        return Path("eval") / checkpoint
+    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "eval"
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """`read_checkpoint`, also requiring the resolved config that the trainer stores with the weights."""
-    checkpoint = read_checkpoint(path)
+    """`read_checkpoint` of a tools/train.py checkpoint, or the same fields of a head folder or hub
+    repository (`flmm.hub.folder_checkpoint`), also requiring the resolved config stored with the weights."""
+    folder = resolve_head(path)
+    checkpoint = read_checkpoint(path) if folder is None else folder_checkpoint(folder)
     if not isinstance(checkpoint.get("hyper_parameters", {}).get("config"), dict):
         raise FlmmError(f"{path}: holds no hyper_parameters.config; was it written by tools/train.py?")
     return checkpoint
@@ -382,7 +390,9 @@ def checkpoint_config(
 
 
 def load_module(checkpoint: dict, cfg: DictConfig) -> GroundingModule:
-    """The grounding model of `cfg` with the checkpoint's trainable weights (refused if it does not fit)."""
+    """The grounding model of `cfg` with the checkpoint's trainable weights (refused if it does not fit, or
+    if a head folder's SAM file is another than it was trained with)."""
+    check_same_sam(cfg, checkpoint.get("flmm_sam"))
     module = GroundingModule(config_to_dict(cfg), val_splits=[])
     check_checkpoint_fits(module, checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=False)

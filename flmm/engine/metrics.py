@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torchmetrics import Metric
 
+from flmm.masks import box_xywh, mask_box
+
 IOU_SCALE = 2**30
 """Fixed-point unit of the summed IoU; masks must have fewer than 2**33 pixels to avoid int64 overflow."""
 
@@ -51,20 +53,6 @@ def binarize(logits: torch.Tensor) -> torch.Tensor:
     and the pixel is off, as in the reference evaluations that threshold the sigmoid.
     """
     return logits.float().sigmoid() > 0.5
-
-
-def mask_box(mask: torch.Tensor) -> Box | None:
-    """Tight box `[x, y, w, h]` in pixel units of the True pixels of a `(H, W)` mask; None when empty.
-
-    Pixel (row r, column c) covers [c, c + 1) x [r, r + 1), so the box is
-    `[xmin, ymin, xmax - xmin + 1, ymax - ymin + 1]`, comparable with COCO boxes.
-    """
-    cols = torch.nonzero(mask.any(dim=0)).flatten()
-    if cols.numel() == 0:
-        return None
-    rows = torch.nonzero(mask.any(dim=1)).flatten()
-    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1])
-    return (float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1))
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -163,7 +151,7 @@ class ResMetrics(Metric):
             pred: P bool masks `(H_p, W_p)` at the original image size (see `binarize`).
             target: P bool ground-truth masks, each the shape of its prediction.
             pred_boxes: P predicted `[x, y, w, h]` boxes (None = no box, a miss), or a `(P, 4)` tensor;
-                by default the tight box of each predicted mask (`mask_box`), an empty mask being a miss.
+                by default the tight box of each predicted mask (`flmm.masks.mask_box`), an empty mask a miss.
             gt_boxes: P ground-truth COCO `[x, y, w, h]` boxes or a `(P, 4)` tensor; REC is only counted
                 for updates that give them.
         """
@@ -173,7 +161,7 @@ class ResMetrics(Metric):
         if gt_boxes is not None:
             gt = _boxes(gt_boxes, len(inter), "gt_boxes", allow_none=False)
             if pred_boxes is None:
-                boxes = [mask_box(p) for p in pred]
+                boxes = [None if b is None else box_xywh(b) for b in map(mask_box, pred)]
             else:
                 boxes = _boxes(pred_boxes, len(inter), "pred_boxes", allow_none=True)
             self.rec_hits += sum(b is not None and box_iou(b, g) >= 0.5 for b, g in zip(boxes, gt))

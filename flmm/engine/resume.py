@@ -24,7 +24,6 @@ FREE_KEYS = (
     "model.lmm.model",
     "model.lmm.local_files_only",
     "model.refiner.checkpoint",
-    "model.toy",
     "train.progress_bar",
     "train.progress_every_n_steps",
     "train.log_every_n_steps",

@@ -7,7 +7,7 @@ from flmm.models.grounding import GroundingModel, GroundingOutput
 from flmm.models.losses import bce_dice, dice_loss, grounding_losses, resize_target
 from flmm.models.mask_head import UNetMaskHead, content_window, crop_padding, normalize_attention
 from flmm.models.sam_build import build_sam, build_tiny_sam
-from flmm.models.sam_refiner import RefinerOutput, SamRefiner, decode_masks, mask_to_box
+from flmm.models.sam_refiner import RefinerOutput, SamRefiner, decode_masks
 
 __all__ = [
     "GroundingModel",
@@ -23,7 +23,6 @@ __all__ = [
     "decode_masks",
     "dice_loss",
     "grounding_losses",
-    "mask_to_box",
     "normalize_attention",
     "resize_target",
 ]

@@ -4,6 +4,9 @@
 without torchvision) and need the official checkpoint; a missing file raises `MissingWeightsError` saying
 what to download and where it goes. A checkpoint that is not a SAM state dict, or holds another size than
 `model_type`, is a `ConfigError` naming the file and both sizes, raised before any model is built.
+
+The file format follows the suffix: `.safetensors` (the toy SAM; read without unpickling anything) or a
+PyTorch `.pth` (Meta's official checkpoints; loaded with `weights_only=True`, which refuses code).
 """
 
 from collections.abc import Mapping
@@ -11,6 +14,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from flmm.errors import ConfigError, MissingWeightsError
@@ -81,23 +86,50 @@ def _missing_weights(model_type: str, checkpoint: str | None) -> MissingWeightsE
     if checkpoint is None:
         return MissingWeightsError(
             f"SAM {model_type} needs a checkpoint and none is configured; {source} and set "
-            "model.refiner.checkpoint=<path to the .pth file>"
+            "model.refiner.checkpoint=<path to the checkpoint file>"
         )
     return MissingWeightsError(
         f"SAM {model_type} checkpoint not found at {checkpoint}; {source} and put it there, "
-        "or set model.refiner.checkpoint=<path to the .pth file>"
+        "or set model.refiner.checkpoint=<path to the checkpoint file>"
     )
 
 
-def read_sam_checkpoint(checkpoint: str) -> Mapping[str, torch.Tensor]:
-    """The state dict in a SAM `.pth` file; ConfigError when the file is no torch checkpoint or no SAM."""
+def is_safetensors(path: str | Path) -> bool:
+    """Whether a SAM checkpoint path is read and written as safetensors (by its suffix), else as `.pth`."""
+    return Path(path).suffix == ".safetensors"
+
+
+def save_sam_checkpoint(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Write a SAM state dict in the format `read_sam_checkpoint` reads for `path`'s suffix."""
+    if is_safetensors(path):
+        save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(path))
+    else:
+        torch.save(dict(state), path)
+
+
+def _load_state(checkpoint: str) -> object:
+    """What a SAM checkpoint file holds, read in the format of its suffix; ConfigError when it cannot be."""
+    if is_safetensors(checkpoint):
+        try:
+            return load_file(checkpoint)
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(
+                f"model.refiner.checkpoint={checkpoint} is not a readable safetensors file "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip, EOF and runtime errors alike for a non-checkpoint
         raise ConfigError(
             f"model.refiner.checkpoint={checkpoint} is not a loadable PyTorch checkpoint "
             f"({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def read_sam_checkpoint(checkpoint: str) -> Mapping[str, torch.Tensor]:
+    """The state dict in a SAM `.safetensors` or `.pth` file; ConfigError when the file cannot be read in
+    that format or holds no SAM."""
+    state = _load_state(checkpoint)
     patch_embed = state.get(PATCH_EMBED_KEY) if isinstance(state, Mapping) else None
     if not isinstance(patch_embed, torch.Tensor) or patch_embed.ndim != 4:
         found = list(state)[:3] if isinstance(state, Mapping) else type(state).__name__

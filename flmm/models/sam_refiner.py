@@ -19,32 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flmm.masks import mask_boxes
 from flmm.models.sam_build import build_sam
 from flmm.models.sam_cache import SamEmbeddingCache, encoder_fingerprint
 from flmm.models.sam_import import MaskDecoder, Sam
 from flmm.registry import MODELS
-
-
-def mask_to_box(mask: torch.Tensor) -> torch.Tensor:
-    """Boolean masks `(N, H, W)` -> boxes `(N, 4)` as float `(x0, y0, x1, y1)`, max edges exclusive.
-
-    An empty mask gives the whole frame `(0, 0, W, H)`.
-    """
-    n, h, w = mask.shape
-    rows, cols = mask.any(dim=2), mask.any(dim=1)
-    ys = torch.arange(h, device=mask.device).expand(n, h)
-    xs = torch.arange(w, device=mask.device).expand(n, w)
-    box = torch.stack(
-        [
-            torch.where(cols, xs, w).amin(dim=1),
-            torch.where(rows, ys, h).amin(dim=1),
-            torch.where(cols, xs + 1, 0).amax(dim=1),
-            torch.where(rows, ys + 1, 0).amax(dim=1),
-        ],
-        dim=1,
-    ).float()
-    whole = torch.tensor([0.0, 0.0, w, h], device=mask.device)
-    return torch.where(rows.any(dim=1, keepdim=True), box, whole)
 
 
 def decode_masks(
@@ -104,7 +83,7 @@ class SamRefiner(nn.Module):
         hidden_size: D, width of the LMM hidden states.
         num_layers: L, number of LMM layers whose hidden states are mixed.
         model_type: `vit_b`, `vit_l`, `vit_h` (need `checkpoint`) or `tiny` (tests, toy configs).
-        checkpoint: path of the official SAM `.pth` state dict.
+        checkpoint: path of the SAM state dict: an official `.pth`, or a `.safetensors` (the tiny SAM).
         encoder_batch_size: images per image-encoder call (bounds the encoder's activation memory).
         embedding_cache: keep image embeddings instead of re-encoding (`flmm.models.sam_cache`): null
             (off), `memory`, or a folder for fp16 files shared by ranks and runs.
@@ -220,7 +199,9 @@ class SamRefiner(nn.Module):
         upsampled = F.interpolate(
             logits[None, None], size=original_size, mode="bilinear", align_corners=False
         )
-        box = mask_to_box(upsampled[0] > 0)[0]  # sigmoid(x) > 0.5 <=> x > 0
+        inside = upsampled[0, 0] > 0  # sigmoid(x) > 0.5 <=> x > 0
+        whole = torch.tensor([0.0, 0.0, original_size[1], original_size[0]], device=inside.device)
+        box = torch.where(inside.any(), mask_boxes(inside[None])[0].float(), whole)
         scale = torch.tensor(
             [input_size[1] / original_size[1], input_size[0] / original_size[0]] * 2, device=box.device
         )

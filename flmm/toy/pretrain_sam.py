@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flmm.masks import mask_box
+from flmm.models.sam_build import save_sam_checkpoint
 from flmm.models.sam_refiner import SamRefiner
 from flmm.toy.optimize import run_steps
 from flmm.toy.recipe import SamRecipe, world_config
@@ -81,8 +83,8 @@ def _random_point(mask: torch.Tensor, rng: np.random.Generator) -> tuple[float, 
 
 
 def _box(mask: torch.Tensor, rng: np.random.Generator, jitter: float) -> list[float]:
-    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
-    x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1
+    """The box of a non-empty target `(H, W)` with each edge moved by N(0, jitter) of the box's size."""
+    x0, y0, x1, y1 = (float(v) for v in mask_box(mask > 0.5))
     noise = rng.normal(0, jitter, 4) * np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0])
     return [x0 + noise[0], y0 + noise[1], x1 + noise[2], y1 + noise[3]]
 
@@ -246,8 +248,9 @@ def train(sam, data: Prepared, recipe: SamRecipe, progress: bool) -> None:
 def pretrain_sam(
     out_file: str | Path, recipe: SamRecipe, progress: bool = True, log: Callable[[str], None] = print
 ) -> dict:
-    """Build the tiny SAM, pretrain it `recipe.steps` steps, save its state dict to `out_file` (a .pth as
-    `model.refiner.checkpoint` takes it); return the report, also written beside it as `<out_file>.json`.
+    """Build the tiny SAM, pretrain it `recipe.steps` steps, save its state dict to `out_file` (as
+    safetensors for a `.safetensors` name, else with torch.save; `model.refiner.checkpoint` takes either);
+    return the report, also written beside it as `<out_file>.json`.
 
     With 0 steps the random initial weights are saved and nothing is evaluated (`held_out` is None).
     """
@@ -267,6 +270,6 @@ def pretrain_sam(
             report["held_out"] = evaluate(sam, eval_data)
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(sam.state_dict(), out)
+    save_sam_checkpoint(sam.state_dict(), out)
     report_path(out).write_text(json.dumps(report, indent=1))
     return report

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flmm.data.synthetic import SyntheticConfig
 from flmm.errors import ConfigError
+from flmm.shipped import find_config
 
 R = TypeVar("R")
 
@@ -87,6 +88,7 @@ def load_recipe(schema: type[R], path: str | Path | None, overrides: list[str] =
     source = "recipe defaults"
     try:
         if path is not None:
+            path = find_config(path)
             source = str(path)
             if not Path(path).is_file():
                 raise ConfigError(f"recipe file not found: {path}")

@@ -23,11 +23,6 @@ SECTION_TYPOS = {
         "model.selector={type: KeywordSelector, thresh: 0.5}",
         "KeywordSelector has no argument 'thresh'",
     ),
-    "model.toy": ("model.toy.pretrain_step=3", "Did you mean 'model.toy.pretrain_steps'?"),
-    "model.toy.lmm_sizes": (
-        "model.toy.lmm_sizes.text.hiden_size=8",
-        "sizes.text has no argument 'hiden_size'",
-    ),
     "train": ("train.wieght_decay=0.1", "Did you mean 'train.weight_decay'?"),
 }
 

@@ -1,298 +1,250 @@
-"""The demo's web server against hostile clients: stalled and trickling connections, more connections than
-its cap, a 100 GB upload, oversized form fields, foreign Host and Origin headers, and a model that raises.
+"""The demo's Gradio app against hostile clients: a 100 GB upload, oversized fields, bad images, values
+outside the page's choices, foreign Host names, cross-site requests, more questions than the queue holds
+and a model that raises.
 
-Every test gets a fresh server (short timeout, small cap) on one toy Demo shared by the module, so no test
-inherits another's stalled connections. Every client socket has a timeout, so no test can hang.
+One app per module (small limits, a queue of 2) on a toy attend-and-segment Demo wrapped so that a test can
+make it fail or slow. Every client socket has a timeout, so no test can hang.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import json
 import logging
-import select
 import socket
+import struct
 import threading
 import time
-import uuid
-from dataclasses import dataclass
+import zlib
+from concurrent.futures import wait
+from pathlib import Path
 
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from flmm.demo.answer import GenerationSettings
+from flmm.demo.gradio_app import INTERNAL_ERROR, WebLimits, build_app, launch
 from flmm.demo.pipeline import Demo
-from flmm.demo.web import INTERNAL_ERROR, ConnectionLimits, UploadLimits, make_server
-from tests.conftest import TOY_CONFIG, build_toy_world, toy_overrides
+from tests.conftest import TOY_CONFIG, ToyWorld, toy_overrides
 
-TIMEOUT_S = 2.0
-CAP = 4
-TRICKLE_S = 0.3
-MARGIN_S = 1.5  # what a loaded two-core machine may add to the server's timeout before the close is seen
-CLIENT_TIMEOUT_S = 8.0  # a client never waits longer than this for one socket operation
-LIMITS = UploadLimits(
+LIMITS = WebLimits(
     max_upload_bytes=300_000,
     max_pixels=200 * 200,
     max_question_chars=200,
     max_phrases_chars=60,
     max_phrases=3,
-    max_parts=5,
-    max_filename_chars=40,
+    max_queue=2,
 )
+CLIENT_TIMEOUT_S = 20.0  # a client never waits longer than this for one socket operation
 SECRET = "secret detail /home/someone/weights.bin"
 
 
 class FlakyDemo:
-    """A Demo whose `run` raises RuntimeError(SECRET) while `failing` is set."""
+    """A Demo whose `run` raises RuntimeError(SECRET) while `failing` is set, takes `delay_s` more while it
+    is set, and counts how many runs overlap."""
 
     def __init__(self, demo: Demo):
-        self.demo, self.failing = demo, False
+        self.demo, self.mode = demo, demo.mode
+        self.failing, self.delay_s = False, 0.0
+        self.running = self.most_at_once = 0
+        self.lock = threading.Lock()
 
     def run(self, *args, **kwargs):
-        if self.failing:
-            raise RuntimeError(SECRET)
-        return self.demo.run(*args, **kwargs)
-
-
-@dataclass
-class Served:
-    port: int
-    demo: FlakyDemo
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            time.sleep(self.delay_s)
+            if self.failing:
+                raise RuntimeError(SECRET)
+            return self.demo.run(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
 
 
 @pytest.fixture(scope="module")
-def flaky_demo(tmp_path_factory) -> FlakyDemo:
-    root = tmp_path_factory.mktemp("web_hostile")
-    world = build_toy_world(root)
-    return FlakyDemo(Demo.from_config(TOY_CONFIG, toy_overrides(world, root / "run"), device="cpu"))
+def flaky(toy_world: ToyWorld, tmp_path_factory) -> FlakyDemo:
+    overrides = toy_overrides(toy_world, tmp_path_factory.mktemp("web_hostile"))
+    return FlakyDemo(Demo.from_config(TOY_CONFIG, overrides, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def url(flaky):
+    app = build_app([flaky], LIMITS, GenerationSettings(max_new_tokens=4))
+    yield launch(app, LIMITS, port=0)
+    app.close(verbose=False)
 
 
 @pytest.fixture
-def served(flaky_demo):
-    flaky_demo.failing = False
-    connections = ConnectionLimits(timeout_s=TIMEOUT_S, max_connections=CAP)
-    server = make_server(flaky_demo, 0, GenerationSettings(max_new_tokens=4), LIMITS, connections)
-    # A short poll interval: shutdown() waits for one, and every test starts and stops a server.
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield Served(server.server_port, flaky_demo)
-    server.shutdown()
-    server.server_close()
+def demo(flaky) -> FlakyDemo:
+    """The app's Demo, working and fast again after each test."""
+    yield flaky
+    flaky.failing, flaky.delay_s = False, 0.0
 
 
 @pytest.fixture(scope="module")
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
-        buffer, format="PNG"
-    )
-    return buffer.getvalue()
+def client(url) -> Client:
+    return Client(url, verbose=False, analytics_enabled=False)
 
 
-def connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT_S)
+def write_image(path: Path, size: tuple[int, int] = (48, 64)) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
 
 
-def read_to_close(connection: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (a reset counts as the close)."""
-    chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := connection.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
+def png_header(width: int, height: int) -> bytes:
+    """The start of a PNG claiming `width x height` pixels: IHDR and an empty IDAT, no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"")
 
 
-def split_reply(reply: bytes) -> tuple[int, str, str]:
-    """A raw HTTP reply -> (status, header block, page)."""
-    head, _, page = reply.decode("utf-8", "replace").partition("\r\n\r\n")
-    return int(head.split()[1]), head, page
+def ask(
+    client: Client, image: Path, question: str = "what is it?", phrases: str = "", mode=None, style="plain"
+):
+    """The app's three outputs for one question through the API."""
+    mode = mode or "attend-and-segment"
+    return client.predict(handle_file(image), question, phrases, mode, style, api_name="/ask")
 
 
-def exchange(port: int, data: bytes) -> tuple[int, str, str]:
-    """Send `data` on a new connection and read the reply to the close."""
-    with connect(port) as connection:
-        connection.sendall(data)
-        return split_reply(read_to_close(connection))
-
-
-def get(port: int, host: str | None = None) -> int:
-    host = f"127.0.0.1:{port}" if host is None else host
-    return exchange(port, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())[0]
-
-
-def form(fields: list[tuple[str, bytes, str]]) -> tuple[str, bytes]:
-    """(name, value, extra disposition) triples -> (Content-Type, multipart/form-data body)."""
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for name, value, extra in fields:
-        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode())
-        body.write(value + b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    return f"multipart/form-data; boundary={boundary}", body.getvalue()
-
-
-def ask(port: int, image: bytes, question: str = "", phrases: str = "", headers: str = "", extra=()):
-    """POST /ask with the three fields (and `extra` ones); the status and the page."""
-    fields = [("image", image, '; filename="x.png"'), ("question", question.encode(), "")]
-    content_type, body = form([*fields, ("phrases", phrases.encode(), ""), *extra])
-    head = (
-        f"POST /ask HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n{headers}\r\n"
-    )
-    status, _, page = exchange(port, head.encode() + body)
-    return status, page
-
-
-def close_times(connections: list[socket.socket], opened_at: float, trickling=()) -> list[float]:
-    """Seconds from `opened_at` until the server closed each of `connections`, none answered; meanwhile each
-    of `trickling` sends one more header byte every TRICKLE_S, as a slowloris client does to dodge a
-    per-read timeout."""
-    closed = {}
-    while len(closed) < len(connections):
-        assert time.monotonic() - opened_at < CLIENT_TIMEOUT_S, "the server kept a stalled connection open"
-        readable, _, _ = select.select([c for c in connections if c not in closed], [], [], TRICKLE_S)
-        for connection in readable:
-            assert read_to_close(connection) == b""
-            closed[connection] = time.monotonic() - opened_at
-        for connection in set(trickling) - set(closed):
-            with contextlib.suppress(OSError):  # the server may close it between the select and the send
-                connection.sendall(b"a")
-    return [closed[c] for c in connections]
-
-
-def stalled(port: int) -> socket.socket:
-    """A connection that sent half of its headers and then nothing."""
-    connection = connect(port)
-    connection.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Slow: ".encode())
-    return connection
-
-
-def test_slowloris_connections_are_closed_by_the_deadline_and_others_are_served(served):
-    with contextlib.ExitStack() as stack:
-        opened_at = time.monotonic()
-        silent = [stack.enter_context(stalled(served.port)) for _ in range(2)]
-        trickling = stack.enter_context(stalled(served.port))
-        assert get(served.port) == 200  # the fourth slot still serves while three stall
-        closes = close_times([*silent, trickling], opened_at, trickling=[trickling])
-    # Closed at the deadline, not before it; the trickling one too, though its bytes keep arriving.
-    assert all(TIMEOUT_S - 0.1 < s < TIMEOUT_S + MARGIN_S for s in closes), closes
-    assert get(served.port) == 200
-
-
-def test_connections_beyond_the_cap_get_503_until_the_stalled_ones_time_out(served):
-    request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n\r\n".encode()
-    with contextlib.ExitStack() as stack:
-        opened_at = time.monotonic()
-        holders = [stack.enter_context(stalled(served.port)) for _ in range(CAP)]
-        for _ in range(3):
-            started = time.monotonic()
-            status, _, page = exchange(served.port, request)
-            assert (status, "busy" in page) == (503, True)
-            assert time.monotonic() - started < 1.0  # answered at once, not after a timeout
-        closes = close_times(holders, opened_at)
-    assert all(s < TIMEOUT_S + MARGIN_S for s in closes), closes
-    # The slots come back as the stalled threads end, a moment after their connections close.
-    deadline = time.monotonic() + MARGIN_S
-    while get(served.port) != 200:
-        assert time.monotonic() < deadline, "the server did not serve again after the stalled clients"
-        time.sleep(0.05)
-
-
-@pytest.mark.parametrize("body_sent", [0, 65536], ids=["headers-only", "body-started"])
-def test_a_100_gb_upload_gets_413_before_its_body_is_read(served, body_sent):
-    head = (
-        f"POST /ask HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n"
-        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000000000\r\n\r\n"
-    )
-    with connect(served.port) as connection:
+def exchange(url: str, request: str, body: bytes = b"", then: bytes = b"") -> tuple[int, str, float]:
+    """Send `request` (the head, its blank line added) and `body`, then as much of `then` as the server
+    takes; the status, the response head and the seconds until the response began."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=CLIENT_TIMEOUT_S) as connection:
         start = time.monotonic()
-        connection.sendall(head.encode() + b"\0" * body_sent)
-        status, headers, page = split_reply(read_to_close(connection))
+        connection.sendall(request.encode() + b"\r\n" + body)
+        for offset in range(0, len(then), 65536):
+            try:
+                connection.sendall(then[offset : offset + 65536])
+            except OSError:  # the server answered and stopped reading: the rest is not sent
+                break
+        reply = connection.recv(65536)
         seconds = time.monotonic() - start
-        assert (status, "more than the limit of 300000" in page) == (413, True)
-        assert "Connection: close" in headers
-        assert seconds < 1.0, seconds  # neither the body nor the timeout was waited for
-        # Nobody reads the rest of the body: sending it fails instead of flowing into the server.
-        with pytest.raises(OSError):
-            for _ in range(256):  # 16 MiB, far beyond what the socket buffers hold
-                connection.sendall(b"\0" * 65536)
-    assert get(served.port) == 200
+    head = reply.decode("latin-1").partition("\r\n\r\n")[0]
+    return int(head.split()[1]), head, seconds
+
+
+def still_answers(client: Client, tmp_path: Path) -> bool:
+    tokens, _, _ = ask(client, write_image(tmp_path / "ok.png"), phrases="red circle")
+    return [t["token"] for t in tokens if t["class_or_confidence"]] == ["red circle"]
+
+
+def test_a_100_gb_upload_gets_413_after_the_limit_not_the_body(url, client, tmp_path):
+    head = (
+        "POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000000\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\n"
+    )
+    part = b'--x\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n'
+    status, response, seconds = exchange(url, head, part, then=b"\0" * (2 * LIMITS.max_upload_bytes))
+    assert status == 413 and seconds < 10, (response, seconds)
+    assert still_answers(client, tmp_path)
 
 
 @pytest.mark.parametrize(
-    ("headers", "status", "message"),
+    ("question", "phrases", "message"),
     [
-        ("Transfer-Encoding: chunked\r\n", 411, "chunked upload is not accepted"),
-        ("Content-Length: 10\r\nContent-Length: 20\r\n", 400, "more than one Content-Length"),
-        ("Content-Length: 1_000\r\n", 411, "no valid Content-Length"),
+        ("what?", "x" * 61, "the phrases field is longer than the limit of 60 characters"),
+        ("", "a; b; c; d", "the phrases field has 4 phrases, more than the limit of 3"),
+        ("x" * 201, "", "the question is longer than the limit of 200 characters"),
+        ("   ", " ; ", "the question is empty (ask something, or give phrases to ground)"),
     ],
-    ids=["chunked", "two-lengths", "underscored-digits"],
+    ids=["phrases-chars", "phrases-count", "question-chars", "nothing-asked"],
 )
-def test_a_body_without_one_plain_length_is_refused_unread(served, headers, status, message):
-    head = f"POST /ask HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n{headers}\r\n"
-    start = time.monotonic()
-    code, _, page = exchange(served.port, head.encode())
-    assert (code, message in page) == (status, True), page
-    assert time.monotonic() - start < 1.0  # refused before any body was waited for
+def test_oversized_or_empty_fields_get_their_message(client, tmp_path, question, phrases, message):
+    with pytest.raises(AppError) as refused:
+        ask(client, write_image(tmp_path / "ok.png"), question, phrases)
+    assert str(refused.value) == message
 
 
 @pytest.mark.parametrize(
-    ("question", "phrases", "extra", "message"),
+    ("content", "message"),
     [
-        ("what?", "x" * 61, (), "the phrases field is longer than 60 characters"),
-        ("", "a; b; c; d", (), "the phrases field has 4 phrases, more than the limit of 3"),
-        ("x" * 201, "", (), "the question field is longer than 200 characters"),
-        ("what?", "", [(f"extra{i}", b"1", "") for i in range(3)], "the form has more than 5 parts"),
+        (b"not an image", "the upload is not an image that can be read (PNG, JPEG, ...)"),
+        (b"", "the upload is not an image that can be read (PNG, JPEG, ...)"),
+        (png_header(30_000, 30_000), "the image has more pixels than the limit of 40000"),  # PIL's bomb
+        (png_header(300, 300), "the image has 300x300 pixels, more than the limit of 40000"),
+        (png_header(64, 48), "the upload is not an image that can be read (PNG, JPEG, ...)"),  # no pixels
+    ],
+    ids=["text", "empty", "decompression-bomb", "too-many-pixels", "truncated"],
+)
+def test_bad_images_get_their_message(client, tmp_path, content, message):
+    (tmp_path / "bad.png").write_bytes(content)
+    with pytest.raises(AppError) as refused:
+        ask(client, tmp_path / "bad.png")
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    ("mode", "style", "message"),
+    [
+        ("trained-head", "plain", "the mode must be one of ['attend-and-segment'], not 'trained-head'"),
         (
-            "what?",
-            "",
-            [("doc", b"1", f'; filename="{"n" * 41}.txt"')],
-            "file name is longer than the limit of 40",
+            "attend-and-segment",
+            "html",
+            "the output format must be one of ['plain', 'kosmos', 'glamm'], not 'html'",
         ),
     ],
-    ids=["phrases-chars", "phrases-count", "question-chars", "parts", "filename"],
+    ids=["mode-not-served", "unknown-format"],
 )
-def test_oversized_fields_get_400_naming_the_field_and_limit(served, png, question, phrases, extra, message):
-    status, page = ask(served.port, png, question, phrases, extra=extra)
-    assert (status, message in page) == (400, True), page
+def test_values_outside_the_pages_choices_are_refused(client, tmp_path, mode, style, message):
+    with pytest.raises(AppError) as refused:
+        ask(client, write_image(tmp_path / "ok.png"), mode=mode, style=style)
+    assert str(refused.value) == message
 
 
-def test_foreign_host_names_are_refused(served):
-    port = served.port
-    for host in ("evil.example", f"evil.example:{port}", "localhost:1", f"127.0.0.1.evil.example:{port}"):
-        status, _, page = exchange(port, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        assert (status, "localhost names" in page) == (421, True), host
-    assert exchange(port, b"GET / HTTP/1.0\r\n\r\n")[0] == 421  # no Host at all
-    post = "POST /ask HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 100000000000\r\n\r\n"
-    assert exchange(port, post.encode())[0] == 421  # before the body's size is even looked at
-    for host in ("localhost", f"localhost:{port}", "LocalHost", f"127.0.0.1:{port}", f"[::1]:{port}"):
-        assert get(port, host) == 200, host
+def test_foreign_host_names_are_refused(url):
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+        assert exchange(url, f"GET / HTTP/1.1\r\nHost: {host}\r\n")[0] == 400, host
+    for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert exchange(url, f"GET / HTTP/1.1\r\nHost: {host}\r\n")[0] == 200, host
 
 
-def test_cross_site_posts_get_403_and_same_origin_ones_are_answered(served, png):
-    port = served.port
-    for origin in (
-        "http://evil.example",
-        "null",
-        f"http://127.0.0.1:{port + 1}",
-        f"https://localhost:{port}",
-    ):
-        status, page = ask(port, png, phrases="red circle", headers=f"Origin: {origin}\r\n")
-        assert (status, "another site" in page) == (403, True), origin
-    status, page = ask(port, png, phrases="red circle", headers=f"Origin: http://localhost:{port}\r\n")
-    assert status == 200 and 'id="overlay"' in page
+def test_another_site_cannot_ask_from_the_users_browser(url):
+    """A page of another site may send only "simple" requests without asking (a preflight); the queue
+    takes JSON alone, and the preflight grants no other origin."""
+    body = json.dumps({"data": [None, "q", "a", "attend-and-segment", "plain"], "fn_index": 0}).encode()
+    simple = (
+        f"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n"
+        f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+    )
+    assert exchange(url, simple, body)[0] == 422  # not queued
+    preflight = (
+        "OPTIONS /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {}\r\n"
+        "Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n"
+    )
+    _, foreign, _ = exchange(url, preflight.format("http://evil.example"))
+    _, own, _ = exchange(url, preflight.format(url.rstrip("/")))
+    assert "access-control-allow-origin" not in foreign.lower()
+    assert f"access-control-allow-origin: {url.rstrip('/')}" in own.lower()
 
 
-def test_a_model_failure_gets_a_generic_500_and_the_server_keeps_serving(served, png, caplog):
-    served.demo.failing = True
-    with caplog.at_level(logging.ERROR, logger="flmm.demo"):
-        status, page = ask(served.port, png, phrases="red circle")
-    assert (status, INTERNAL_ERROR in page) == (500, True)
-    assert SECRET not in page and "RuntimeError" not in page
-    logged = [r for r in caplog.records if r.exc_info and SECRET in str(r.exc_info[1])]
-    assert logged, "the traceback was not logged"
-    served.demo.failing = False
-    assert get(served.port) == 200
-    status, page = ask(served.port, png, phrases="red circle")
-    assert status == 200 and 'id="overlay"' in page
+def test_one_question_runs_at_a_time_and_a_full_queue_is_refused(client, demo, tmp_path):
+    image = write_image(tmp_path / "ok.png")
+    demo.delay_s, demo.most_at_once = 0.5, 0
+    jobs = [
+        client.submit(handle_file(image), "", "red circle", "attend-and-segment", "plain", api_name="/ask")
+        for _ in range(6)
+    ]
+    wait(jobs, timeout=60)
+    refused = [job for job in jobs if job.exception() is not None]
+    assert demo.most_at_once == 1
+    assert refused and all("queue is full" in str(job.exception()).lower() for job in refused)
+    assert len(jobs) - len(refused) <= 1 + LIMITS.max_queue
+
+
+def test_a_model_failure_shows_a_generic_message_and_the_app_serves_on(client, demo, tmp_path, caplog):
+    demo.failing = True
+    with caplog.at_level(logging.ERROR, logger="flmm.demo"), pytest.raises(AppError) as failed:
+        ask(client, write_image(tmp_path / "ok.png"), phrases="red circle")
+    assert str(failed.value) == INTERNAL_ERROR
+    assert any(r.exc_info and SECRET in str(r.exc_info[1]) for r in caplog.records), "no traceback logged"
+    demo.failing = False
+    assert still_answers(client, tmp_path)
