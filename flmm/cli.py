@@ -52,3 +52,16 @@ def parse_with_overrides(
     args = parser.parse_args(rest)
     args.overrides = overrides
     return args
+
+
+def add_attend_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--variant` and `--heads` of attend-and-segment (`flmm.engine.attend`), shared by the tools that run
+    it; None leaves the config's `attend` section as it is."""
+    from flmm.engine.attend import HEAD_CHOICES, VARIANTS
+
+    parser.add_argument(
+        "--variant", choices=VARIANTS, default=None, help="attend-and-segment: flmm or the authors' code"
+    )
+    parser.add_argument(
+        "--heads", choices=HEAD_CHOICES, default=None, help="attend-and-segment, variant authors: heads kept"
+    )

@@ -94,6 +94,16 @@ class TrainConfig:
 
 
 @dataclass
+class AttendConfig:
+    """Training-free attend-and-segment (`flmm.engine.attend`): `variant` flmm (the paper's wording, as
+    before) or authors (the authors' released code); `heads` all or authors (head H-2 of every layer; the
+    authors variant only). tools/test.py's and tools/demo.py's --variant / --heads override them."""
+
+    variant: str = "flmm"
+    heads: str = "all"
+
+
+@dataclass
 class FlmmConfig:
     """The whole config of a run."""
 
@@ -102,6 +112,7 @@ class FlmmConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    attend: AttendConfig = field(default_factory=AttendConfig)
 
 
 def _schema_keys(section: str) -> list[str]:

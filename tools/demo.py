@@ -15,6 +15,8 @@ public gradio.live link), in the modes it is given: --ckpt the trained head, --c
 or both (--mode picks the one selected first). `key=value` arguments override the config.
 The answer tokens' attention is recorded while the LMM generates them (hooked capture, LLaVA-1.5);
 --prefill-grounding takes it from one more prefill over prompt + answer, the path other setups use.
+--variant / --heads choose attend-and-segment's variant (flmm.engine.attend; result.json's "attend" says
+what was used); --system-prompt puts a system turn before the question.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
-from flmm.cli import parse_with_overrides
+from flmm.cli import add_attend_arguments, parse_with_overrides
 from flmm.data.image_io import load_rgb
 from flmm.demo.answer import GenerationSettings
 from flmm.demo.output import format_answer, write_outputs
@@ -70,6 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FRACTION",
         help="attend-and-segment: average only this fraction of the most concentrated attention heads",
     )
+    add_attend_arguments(parser)
+    parser.add_argument(
+        "--system-prompt",
+        default=None,
+        help="a system turn before the question (default: the chat template's own, if it has one)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument(
         "--prefill-grounding",
@@ -102,8 +110,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load_demo(args: argparse.Namespace, mode: str) -> Demo:
     during = {"ground_during_generation": not args.prefill_grounding}
     if mode == "head":
-        return Demo.from_checkpoint(args.ckpt, args.overrides, args.device, **during)
-    return Demo.from_config(args.config, args.overrides, args.top_heads, args.device, **during)
+        demo = Demo.from_checkpoint(args.ckpt, args.overrides, args.device, **during)
+        if args.system_prompt is not None:
+            demo.adapter.system_prompt = args.system_prompt
+        return demo
+    return Demo.from_config(
+        args.config,
+        args.overrides,
+        args.top_heads,
+        args.device,
+        variant=args.variant,
+        heads=args.heads,
+        system_prompt=args.system_prompt,
+        **during,
+    )
 
 
 def serve(args: argparse.Namespace, settings: GenerationSettings) -> None:

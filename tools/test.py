@@ -3,7 +3,8 @@
     python tools/test.py --ckpt PATH_OR_HEAD_FOLDER [--splits refcoco:val,refcoco+:testA,reasonseg:val,...]
         [--protocol all-sentences|first-sentence-concat|both] [--out DIR] [--save-masks] [--overlays N]
         [key=value ...]
-    python tools/test.py --mode attend-and-segment --config CONFIG [--top-heads FRACTION] [same options]
+    python tools/test.py --mode attend-and-segment --config CONFIG [--variant authors|flmm]
+        [--heads all|authors] [--top-heads FRACTION] [same options]
 
 The config is the checkpoint's own (or CONFIG's, for attend-and-segment, which uses its LMM and SAM and
 trains nothing); `key=value` overrides change it (data.root=/datasets, data.batch_size=16,
@@ -16,6 +17,13 @@ ReasonSeg texts are their phrases alone, so their splits report no selector metr
 A query is grounded as the phrase it is (teacher-forced after the description prompt); with
 --answer-first the LMM answers it first (asked for a short phrase) and its answer is grounded, as in
 tools/demo.py (ReasonSeg's question -> answer -> mask).
+Attend-and-segment: --variant / --heads override the config's `attend` section (flmm.engine.attend);
+results.json says what was used under "attend" and reports `pointing` (the percentage of queries whose
+point prompt falls inside the target).
+--task gcg: grounded conversation generation (`flmm.engine.gcg`) with --ckpt or attend-and-segment: each
+image is described (--max-new-tokens, default 64), the description's phrases grounded and scored with
+GLaMM's GCG metrics; --splits png:val2017 (the default) or gcg:NAME (GranD-f files, `flmm.data.gcg`);
+writes results.json, results.md and predictions/SPLIT/IMAGE.json into DIR (default: the eval folder/gcg).
 Several GPUs or nodes: train.devices / train.num_nodes / train.strategy / train.accelerator, as in training.
 
 --ckpt also takes a head folder of tools/export_head.py (or its hub repository id, owner/name).
@@ -28,12 +36,14 @@ queries) and, with --save-masks, masks_SPLIT_PROTOCOL.jsonl (every query's predi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
-from flmm.cli import parse_with_overrides
+from flmm.cli import add_attend_arguments, parse_with_overrides
 from flmm.config import load_config
+from flmm.data.gcg import is_gcg_split
 from flmm.data.synthetic_setup import ensure_synthetic_world
 from flmm.demo.answer import GenerationSettings
 from flmm.demo.pipeline import Demo
@@ -49,6 +59,7 @@ from flmm.engine.evaluate import (
     load_module,
     resolve_splits,
 )
+from flmm.engine.gcg import format_gcg_results, run_gcg
 from flmm.engine.metrics import format_results_table
 from flmm.errors import FlmmError
 
@@ -58,6 +69,7 @@ BUILD_HINT = (
 )
 PROTOCOLS = {"both": RES_EVAL_PROTOCOLS, **{p: (p,) for p in RES_EVAL_PROTOCOLS}}
 MODES = ("head", "attend-and-segment")
+TASKS = ("grounding", "gcg")
 
 
 def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
@@ -73,8 +85,9 @@ def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
     build = args.mode != "head" or args.build_missing
     if build:
         ensure_synthetic_world(cfg.data)
-    splits = resolve_splits(cfg, requested)
-    preflight(cfg, splits, "" if build else BUILD_HINT)
+    gcg = args.task == "gcg"
+    splits = (requested or ["png:val2017"]) if gcg else resolve_splits(cfg, requested)
+    preflight(cfg, [s for s in splits if not is_gcg_split(s)], "" if build else BUILD_HINT)
     if args.mode == "head":
         out = args.out or default_out_dir(args.ckpt)
         module = load_module(checkpoint, cfg)
@@ -82,11 +95,18 @@ def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
         demo_models = {"head": module.model, "selector": module.selector}
     else:
         out = args.out or Path(str(cfg.output_dir)) / "eval_attend-and-segment"
-        module, predictor = None, build_attend_and_segment(cfg, args.top_heads)
+        module = None
+        predictor = build_attend_and_segment(cfg, args.top_heads, args.variant, args.heads)
         adapter, mode, demo_models = predictor.adapter, "attend-and-segment", {"attend": predictor}
+    if gcg:
+        out = args.out or out / "gcg"
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens or 64)
+        checkpoint = str(args.ckpt.resolve()) if args.ckpt else None
+        demo = Demo(adapter, **demo_models)
+        return run_gcg(demo, cfg.data.root, splits, out, settings, mode=mode, checkpoint=checkpoint), out
     if args.answer_first:
         demo = Demo(adapter, question_suffix=SHORT_ANSWER, **demo_models)
-        predictor = AnswerThenGround(demo, GenerationSettings(max_new_tokens=args.max_new_tokens))
+        predictor = AnswerThenGround(demo, GenerationSettings(max_new_tokens=args.max_new_tokens or 16))
         mode = f"{mode}, answer-first"
     results = evaluate(
         module,
@@ -101,7 +121,16 @@ def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
         save_masks=args.save_masks,
         mode=mode,
     )
+    if results is not None and args.mode == "attend-and-segment":
+        results["attend"] = predictor_settings(predictor)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results, out
+
+
+def predictor_settings(predictor) -> dict:
+    """What the attend-and-segment grounder computed (variant, heads, root-word rule)."""
+    attend = predictor.demo.attend if isinstance(predictor, AnswerThenGround) else predictor
+    return attend.describe()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--top-heads", type=float, default=None, help="attend-and-segment: keep this fraction of heads"
     )
+    add_attend_arguments(parser)
     parser.add_argument(
         "--answer-first",
         action="store_true",
         help="reasoning style: the LMM answers each query (greedy), and its answer is grounded",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length with --answer-first")
+    parser.add_argument("--task", choices=TASKS, default="grounding", help="grounding (RES, PNG) or gcg")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="answer length (16 with --answer-first, 64 for gcg)"
+    )
     parser.add_argument("--splits", default=None, help="comma-separated DATASET:SPLIT names")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="both", help="RES protocol(s)")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
@@ -148,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if results is not None:
-        print(format_results_table(results["splits"]))
+        gcg = results.get("task") == "gcg"
+        print(format_gcg_results(results) if gcg else format_results_table(results["splits"]))
         print(f"results in {out} (results.md, results.json)")
-        if args.overlays > 0:
+        if args.overlays > 0 and not gcg:
             print(f"overlays of the best and worst queries in {out / 'overlays'}")
     return 0
 

@@ -20,9 +20,9 @@ _FLAG_KEYS = ("phrases_select_words",)
 def collate_grounding(samples: list[dict]) -> dict:
     """Batch a list of samples, leaving out broken evaluation samples (those with no `image`).
 
-    Returns a dict with `images` as B uint8 tensors `(3, H_i, W_i)`, `masks` as B bool tensors `(P_i, H_i, W_i)`,
-    `phrases_select_words (B,)` bool when the samples carry it, lists for the rest, and `skipped`: every
-    sample's broken records. When every sample was broken, only `skipped` (see `has_samples`).
+    Returns a dict with `images` as B uint8 tensors `(3, H_i, W_i)`, `masks` as B bool tensors
+    `(P_i, H_i, W_i)`, `phrases_select_words (B,)` bool when the samples carry it, lists for the rest, and
+    `skipped`: every sample's broken records. When every sample was broken, only `skipped` (see `has_samples`).
     """
     skipped = [record for s in samples for record in s.get("skipped", [])]
     samples = [s for s in samples if "image" in s]

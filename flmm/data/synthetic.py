@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from flmm.data.synthetic_reason import write_reasonseg
 from flmm.data.synthetic_scene import (
     BACKGROUNDS,
     COLOURS,
@@ -54,6 +55,8 @@ class SyntheticConfig:
     seed: int = 0
     n_res_images: int = 300
     n_png_images: int = 100
+    # Images of the synthetic ReasonSeg split (`flmm.data.synthetic_reason`), one question each.
+    n_reason_images: int = 0
     size: int = 128
     max_objects: int = 5
     overlap: float = 0.3
@@ -61,7 +64,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         for ok, what in [
-            (self.n_res_images >= 0 and self.n_png_images >= 0, "image counts must be >= 0"),
+            (min(self.n_res_images, self.n_png_images, self.n_reason_images) >= 0, "counts must be >= 0"),
             (self.size >= 32, "size must be >= 32 pixels"),
             (1 <= self.max_objects <= 9, "max_objects must be in 1..9"),
             (0.0 <= self.overlap <= 1.0, "overlap must be a probability in [0, 1]"),
@@ -265,6 +268,14 @@ def _write_png(out: Path, config: SyntheticConfig, holdout: list) -> dict[str, i
     return {f"png_{s}_images": len(b["images"]) for s, b in per_split.items()}
 
 
+def write_world_reasonseg(out: Path, config: SyntheticConfig) -> dict[str, int]:
+    """The world's ReasonSeg split (`config.n_reason_images`; none when 0), from its own seed stream."""
+    if not config.n_reason_images:
+        return {}
+    counts = write_reasonseg(out, config.seed, config.n_reason_images, config.size, config.max_objects)
+    return {f"reasonseg_{key}": n for key, n in counts.items()}
+
+
 def generate_world(out_dir: str | Path, config: SyntheticConfig) -> dict[str, int]:
     """Write the whole world under `out_dir` (DESIGN.md §3 layout) and return counts of what was written.
 
@@ -273,5 +284,6 @@ def generate_world(out_dir: str | Path, config: SyntheticConfig) -> dict[str, in
     out, holdout = Path(out_dir), holdout_pairs(config)
     counts = _write_res(out, config, holdout)
     counts.update(_write_png(out, config, holdout))
+    counts.update(write_world_reasonseg(out, config))
     counts["holdout_pairs"] = len(holdout)
     return counts

@@ -19,6 +19,12 @@ that gives the prompt's ids followed by the generated ids (trailing special toke
 a text token; the token offsets are then the prefill's own. Otherwise (a token that does not survive decode
 and re-tokenizing, a special token inside the answer, a whitespace-only token the answer's trim drops)
 `generate_with_features` gives None and the caller runs the prefill.
+
+`emitting=True` (attend-and-segment's `authors` variant) gives each answer token the row of the step that
+*emits* it instead: the query before it, i.e. the prefill's last prompt position for the first token (the
+recorder keeps that one query of generate()'s prefill) and the step consuming token t - 1 for token t; no
+extra forward is needed. `prefill_features(..., emitting=True)` gives the same rows teacher-forced (each
+text token captured at the previous position, `flmm.engine.attend.emitting_ids`).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class TokenFeatures:
     offsets: list[Span]
     attention: torch.Tensor
     hidden: torch.Tensor
+    # "own": token t's attention is the row of the query at t's position; "emitting": the row before it.
+    rows: str = "own"
 
 
 class DecodeRecorder(AttentionRecorder):
@@ -93,9 +101,12 @@ class DecodeRecorder(AttentionRecorder):
         softcap: float | None = None,
     ) -> None:
         start = key.shape[2] - query.shape[2]
-        if start < self._prompt.key_valid.shape[1]:
-            return
         steps = self._layers[layer]
+        if start < self._prompt.key_valid.shape[1]:
+            # generate()'s prefill: only its last query (the step that emits the first answer token) is kept.
+            steps.prompt_query, steps.prompt_keys = query[:, :, -1:], key
+            steps.options = (query.shape[-1] ** -0.5 if scaling is None else scaling, window, softcap)
+            return
         if not steps.queries:
             steps.start = start
         steps.queries.append(query)
@@ -121,6 +132,26 @@ class DecodeRecorder(AttentionRecorder):
             layers.append(reduce_rows(rows, CaptureRequest(query_pos, key_valid, prompt.image_pos, one_each)))
         return torch.stack(layers, dim=2).flatten(2, 3)
 
+    def prompt_last_rows(self) -> torch.Tensor:
+        """`(B, 1, L * H, N)` float32: the image columns of the attention row of the prompt's last query in
+        generate()'s prefill (the row that emits the first answer token)."""
+        prompt = self._prompt
+        query_pos = torch.zeros(
+            prompt.key_valid.shape[0], 1, dtype=torch.long, device=prompt.key_valid.device
+        )
+        one = torch.ones(*query_pos.shape, 1, device=query_pos.device)
+        layers = []
+        for steps in self._layers:
+            if steps.prompt_query is None:
+                raise RuntimeError("the recorder saw no prefill over the prompt")
+            rows = attention_rows(
+                steps.prompt_query, steps.prompt_keys, query_pos, prompt.key_valid, *steps.options
+            )
+            layers.append(
+                reduce_rows(rows, CaptureRequest(query_pos, prompt.key_valid, prompt.image_pos, one))
+            )
+        return torch.stack(layers, dim=2).flatten(2, 3)
+
 
 @dataclass
 class _LayerSteps:
@@ -131,6 +162,8 @@ class _LayerSteps:
     start: int = 0
     keys: torch.Tensor | None = None
     options: tuple[float, int | None, float | None] | None = None
+    prompt_query: torch.Tensor | None = None
+    prompt_keys: torch.Tensor | None = None
 
 
 def decode_capture_supported(adapter: LMMAdapter) -> bool:
@@ -140,22 +173,35 @@ def decode_capture_supported(adapter: LMMAdapter) -> bool:
 
 
 @torch.no_grad()
-def prefill_features(adapter: LMMAdapter, image: LMMImage, prompt: str, text: str) -> TokenFeatures:
-    """One prefill over `prompt text` (one image), every text token its own phrase."""
+def prefill_features(
+    adapter: LMMAdapter, image: LMMImage, prompt: str, text: str, emitting: bool = False
+) -> TokenFeatures:
+    """One prefill over `prompt text` (one image), every text token its own phrase; `emitting`: each token's
+    attention is the previous position's row (its hidden states are then that position's too)."""
+    from flmm.engine.attend import emitting_ids  # flmm.engine imports the demo's modules
+
     encoded = adapter.encode_text([text], [[]], [image], prompts=[prompt])
     is_text = encoded.text_mask
     token_ids = (is_text.long().cumsum(dim=1) - 1).masked_fill(~is_text, -1)
+    if emitting:
+        token_ids = emitting_ids(is_text)
     out = adapter(encoded.input_ids, encoded.attention_mask, token_ids, [image])
-    return TokenFeatures(_text_offsets(encoded), out.attention, out.hidden_states[:, 0])
+    rows = "emitting" if emitting else "own"
+    return TokenFeatures(_text_offsets(encoded), out.attention, out.hidden_states[:, 0], rows)
 
 
 @torch.no_grad()
 def generate_with_features(
-    adapter: LMMAdapter, image: LMMImage, prompt: str, settings: GenerationSettings
+    adapter: LMMAdapter,
+    image: LMMImage,
+    prompt: str,
+    settings: GenerationSettings,
+    emitting: bool = False,
 ) -> tuple[str, TokenFeatures | None]:
     """The LMM's answer to `prompt` about one image (exactly `generate_answer`'s) and its tokens' features
     recorded while decoding; None instead of the features when they would not be the prefill's (see the
-    module docstring) or the answer is empty. Needs `decode_capture_supported(adapter)`."""
+    module docstring) or the answer is empty. Needs `decode_capture_supported(adapter)`. `emitting`: each
+    token's attention is the row of the step that emits it (module docstring)."""
     inputs = generation_inputs(adapter, image, prompt)
     prompt_ids = inputs["input_ids"]
     layout = adapter.layout(image)
@@ -176,6 +222,13 @@ def generate_with_features(
     )
     if not count:
         return text, None
+    if emitting:
+        columns = [recorder.prompt_last_rows()]
+        if count > 1:
+            columns.append(recorder.image_rows(count - 1))
+        attention = layout.to_grid(torch.cat(columns, dim=1)[0], adapter.grid_size)
+        hidden = _stack([step[1:] for step in output.hidden_states[:count]])
+        return text, TokenFeatures(_text_offsets(encoded), attention, hidden, "emitting")
     # Decode step k + 1 consumes answer token k (generate()'s first forward is the prompt's prefill); the
     # last generated token is consumed by none of them.
     consumed = min(count, len(generated) - 1)

@@ -55,6 +55,7 @@ def result_dict(result: DemoResult) -> dict:
         "source": result.source,
         "mode": result.mode,
         "image_size": list(result.image_size),
+        "attend": result.attend,
         "phrases": [
             {
                 "index": i,

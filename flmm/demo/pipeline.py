@@ -13,7 +13,13 @@
 
 The image goes through the adapter's one image path (`LMMAdapter.image_transform`, as in training and
 evaluation), which gives both what the LMM sees and the pad meta that maps the head's square output back to
-the image; questions are asked in the model's chat template (`LMMAdapter.prompt`).
+the image; questions are asked in the model's chat template (`LMMAdapter.prompt`), after a system turn when
+`system_prompt` is given (None: the template's own default system prompt, if it has one).
+
+Attend-and-segment's `authors` variant grounds from each token's emitting row (decode capture records the
+step that emits each token; the prefill fallback reads the previous position's row), subtracts the
+answer's mean map and averages each phrase's root-word tokens (`flmm.engine.attend`); `DemoResult.attend`
+says what was used.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from flmm.demo.decode_capture import (
     prefill_features,
 )
 from flmm.demo.phrases import answer_span, locate_phrases, selected_spans
-from flmm.engine.attend import AttendAndSegment, build_attend_and_segment
+from flmm.engine.attend import AttendAndSegment, authors_phrase_maps, build_attend_and_segment, root_tokens
 from flmm.engine.build import preflight
 from flmm.engine.evaluate import checkpoint_config, load_checkpoint, load_module
 from flmm.engine.metrics import binarize
@@ -88,6 +94,8 @@ class DemoResult:
     mode: str
     phrases: list[PhraseResult]
     image_size: tuple[int, int]
+    # attend-and-segment: `AttendAndSegment.describe()` plus "rows" (own / emitting); None for the head.
+    attend: dict | None = None
 
 
 class Demo:
@@ -107,6 +115,7 @@ class Demo:
         question_suffix: str = "",
         cache_size: int = 4,
         ground_during_generation: bool = True,
+        system_prompt: str | None = None,
     ):
         if (head is None) == (attend is None):
             raise ValueError("a Demo grounds with exactly one of a trained head or attend-and-segment")
@@ -118,6 +127,9 @@ class Demo:
         self.cache_size = cache_size
         self.ground_during_generation = ground_during_generation
         self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
+        if system_prompt is not None:
+            adapter.system_prompt = system_prompt
+        self._rows: str | None = None
 
     @classmethod
     def from_checkpoint(
@@ -148,12 +160,26 @@ class Demo:
         top_fraction: float | None = None,
         device: str | None = None,
         ground_during_generation: bool = True,
+        variant: str | None = None,
+        heads: str | None = None,
+        system_prompt: str | None = None,
     ) -> Demo:
-        """Attend-and-segment with a config's frozen LMM and SAM; no checkpoint."""
+        """Attend-and-segment with a config's frozen LMM and SAM; no checkpoint. variant / heads: over the
+        config's `attend` section."""
         cfg = load_config(path, overrides)
         preflight(cfg, [])
-        attend = build_attend_and_segment(cfg, top_fraction).to(_device(device))
-        return cls(attend.adapter, attend=attend, ground_during_generation=ground_during_generation)
+        attend = build_attend_and_segment(cfg, top_fraction, variant, heads).to(_device(device))
+        return cls(
+            attend.adapter,
+            attend=attend,
+            ground_during_generation=ground_during_generation,
+            system_prompt=system_prompt,
+        )
+
+    @property
+    def _emitting(self) -> bool:
+        """Whether grounding reads each token's emitting row (attend-and-segment's `authors` variant)."""
+        return self.attend is not None and self.attend.variant == "authors"
 
     def prepare(self, image: np.ndarray) -> PreparedImage:
         """Preprocess `(H, W, 3)` uint8 RGB, or take it from the cache of the last `cache_size` images."""
@@ -218,14 +244,17 @@ class Demo:
         in_answer = text == answer
         results = self._ground(prepared, prompt, text, spans, in_answer, features if in_answer else None)
         size = (int(image.shape[0]), int(image.shape[1]))
-        return DemoResult(question, answer, prompt, text, kind, self.mode, results, size)
+        attend = None if self.attend is None else {**self.attend.describe(), "rows": self._rows or "own"}
+        return DemoResult(question, answer, prompt, text, kind, self.mode, results, size, attend)
 
     def _answer(
         self, prepared: PreparedImage, prompt: str, settings: GenerationSettings
     ) -> tuple[str, TokenFeatures | None]:
         """The LMM's answer and, when recorded while generating, its tokens' features (None: not recorded)."""
         if self.ground_during_generation and decode_capture_supported(self.adapter):
-            return generate_with_features(self.adapter, prepared.lmm_image, prompt, settings)
+            return generate_with_features(
+                self.adapter, prepared.lmm_image, prompt, settings, emitting=self._emitting
+            )
         return generate_answer(self.adapter, prepared.lmm_image, prompt, settings), None
 
     @torch.no_grad()
@@ -243,7 +272,8 @@ class Demo:
         if not text.strip():
             return []
         if features is None:
-            features = prefill_features(self.adapter, prepared.lmm_image, prompt, text)
+            features = prefill_features(self.adapter, prepared.lmm_image, prompt, text, self._emitting)
+        self._rows = features.rows
         offsets, token_hidden = features.offsets, features.hidden
         if spans is None:
             logits = self.selector(token_hidden[None].to(_module_device(self.selector)))
@@ -259,6 +289,11 @@ class Demo:
         for p, m in enumerate(members):
             hidden[p, : len(m)] = token_hidden[m]
             hidden_mask[p, : len(m)] = True
+        if self._emitting:
+            members = [root_tokens(offsets, text, span) for span in spans]
+            attention = authors_phrase_maps(
+                features.attention, self.adapter.num_heads, self.attend.heads, members
+            )
         masks, scores = self._segment(prepared, attention, hidden, hidden_mask)
         return [
             PhraseResult(text[s:e], (s, e), in_answer, mask_box(mask), score, mask)

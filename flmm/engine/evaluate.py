@@ -61,11 +61,14 @@ class PhrasePredictions:
     selector_counts: `(4,)` long token counts of a keyword selector on the batch's texts that carry
         word-selection labels (true positives, false positives, false negatives, tokens;
         `flmm.models.selector.token_counts`; all 0 for RES texts), or None.
+    points: `(P, 2)` long `(x, y)` in original pixels of a point-prompted predictor (attend-and-segment),
+        scored as pointing accuracy; None for none.
     """
 
     refined: list[torch.Tensor]
     coarse: list[torch.Tensor] | None = None
     selector_counts: torch.Tensor | None = None
+    points: torch.Tensor | None = None
 
 
 Predictor = Callable[[dict], PhrasePredictions]
@@ -220,7 +223,9 @@ class EvaluationModule(pl.LightningModule):
             refined if predictions.coarse is None else without_ignored(_as_masks(predictions.coarse), queries)
         )
         targets = without_ignored([mask.bool() for masks in batch["masks"] for mask in masks], queries)
-        self.extra_metrics[dataloader_idx].update(refined, targets, queries, predictions.selector_counts)
+        self.extra_metrics[dataloader_idx].update(
+            refined, targets, queries, predictions.selector_counts, predictions.points
+        )
         for metric, masks in (
             (self.refined_metrics[dataloader_idx], refined),
             (self.coarse_metrics[dataloader_idx], coarse),

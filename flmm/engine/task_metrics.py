@@ -8,13 +8,16 @@ may carry `ignore_mask`, `(H, W)` bool: those pixels count neither in the inters
 counts over the texts that carry word-selection labels (`phrases_select_words`); the task then reports
 `selector_token_F1`, `selector_precision`, `selector_recall` and `selector_tokens` when it counted any
 token. That is on narrative splits (PNG); RES and ReasonSeg texts are their phrases alone, so those splits
-report no selector metric (the keys are absent, not 0 or NaN).
+report no selector metric (the keys are absent, not 0 or NaN). A point-prompted predictor (attend-and-segment)
+reports `pointing`: the percentage of queries whose point falls inside the target mask (ignored pixels off),
+and `n_pointed`; other predictors report neither.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torchmetrics import Metric
 
 from flmm.engine.metrics import ResMetrics
 from flmm.models.selector import TokenF1
@@ -40,9 +43,10 @@ class TaskExtraMetrics(nn.Module):
         self.field, values = getattr(dataset, "query_groups", None) or ("", ())
         self.groups = nn.ModuleDict({value: ResMetrics() for value in values})
         self.selector = TokenF1()
+        self.pointing = PointingAccuracy()
 
     def reset(self) -> None:
-        for metric in (*self.groups.values(), self.selector):
+        for metric in (*self.groups.values(), self.selector, self.pointing):
             metric.reset()
 
     def update(
@@ -51,14 +55,16 @@ class TaskExtraMetrics(nn.Module):
         target: list[torch.Tensor],
         queries: list[dict],
         selector_counts: torch.Tensor | None,
+        points: torch.Tensor | None = None,
     ) -> None:
-        """P bool masks and targets `(H, W)` (ignored pixels already off) with their queries, and the
-        selector's `(4,)` token counts of the batch or None."""
+        """P bool masks and targets `(H, W)` (ignored pixels already off) with their queries, the
+        selector's `(4,)` token counts of the batch or None, and the predictor's points `(P, 2)` or None."""
         for value, metric in self.groups.items():
             rows = [k for k, q in enumerate(queries) if q[self.field] == value]
             metric.update([pred[k] for k in rows], [target[k] for k in rows])
         counts = torch.zeros(4, dtype=torch.long) if selector_counts is None else selector_counts
         self.selector.update(counts)
+        self.pointing.update(target, points)
 
     def compute(self) -> dict[str, float | int]:
         """Group metrics, then the selector's when it scored any labelled token (a collective under DDP)."""
@@ -70,4 +76,30 @@ class TaskExtraMetrics(nn.Module):
         selection = self.selector.compute()
         if selection["selector_tokens"]:
             out.update(selection)
+        pointing = self.pointing.compute()
+        if pointing["n_pointed"]:
+            out.update(pointing)
         return out
+
+
+class PointingAccuracy(Metric):
+    """Hits and queries of point predictions: a hit when the target mask holds the point's pixel."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("hits", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, target: list[torch.Tensor], points: torch.Tensor | None) -> None:
+        """Targets `(H, W)` bool and points `(P, 2)` long `(x, y)`; None (no points): counts nothing."""
+        if points is None:
+            return
+        for mask, (x, y) in zip(target, points.tolist(), strict=True):
+            self.hits += int(mask[y, x])
+            self.total += 1
+
+    def compute(self) -> dict[str, float | int]:
+        total = int(self.total)
+        return {"pointing": 100.0 * int(self.hits) / total if total else 0.0, "n_pointed": total}

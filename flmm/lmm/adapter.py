@@ -96,6 +96,8 @@ class LMMAdapter(nn.Module):
     computes_positions: ClassVar[bool] = False
     # Prompt for a processor without a chat template; "{question}" is replaced, `image_token` kept.
     fallback_template: ClassVar[str] = "USER: <image>\n{question} ASSISTANT:"
+    # A system turn before every prompt (`prompt`); None: none given (the template's own default, if any).
+    system_prompt: str | None = None
 
     def __init__(
         self,
@@ -227,9 +229,14 @@ class LMMAdapter(nn.Module):
 
     def prompt(self, question: str | None = None) -> str:
         """One user turn (the image, then `question`; default `describe`) and the assistant turn's start, in
-        the model's chat template (its fallback template when the processor has none)."""
+        the model's chat template (its fallback template when the processor has none), after a system turn
+        when `system_prompt` is set (the demo's --system-prompt)."""
         return chat_prompt(
-            self._processor(), question or self.describe, self.image_token, self.fallback_template
+            self._processor(),
+            question or self.describe,
+            self.image_token,
+            self.fallback_template,
+            self.system_prompt,
         )
 
     def expand_prompt(self, prompt: str, image: LMMImage) -> str:

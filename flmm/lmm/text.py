@@ -47,9 +47,13 @@ class EncodedText:
         return self.text_offsets[..., 0] >= 0
 
 
-def chat_prompt(processor: Any, question: str, image_token: str, fallback_template: str) -> str:
+def chat_prompt(
+    processor: Any, question: str, image_token: str, fallback_template: str, system: str | None = None
+) -> str:
     """One user turn (the image, then `question`) and the start of the assistant turn, rendered by the
     processor's chat template; `fallback_template` ("{question}" replaced) when the processor has none.
+    system: a system turn before it (its text then a newline before the fallback template); None: none
+    given, so a template that writes a default system prompt of its own writes it.
 
     ValueError for an empty question or one holding the image token.
     """
@@ -60,8 +64,11 @@ def chat_prompt(processor: Any, question: str, image_token: str, fallback_templa
         raise ValueError(f"the question must not contain the image token {image_token!r}")
     if getattr(processor, "chat_template", None):
         turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        if system is not None:
+            turn.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
         return processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
-    return fallback_template.replace("{question}", question)
+    prompt = fallback_template.replace("{question}", question)
+    return prompt if system is None else f"{system}\n{prompt}"
 
 
 def join_prompt(prompt: str, text: str) -> str:

@@ -24,6 +24,7 @@ SECTION_TYPOS = {
         "KeywordSelector has no argument 'thresh'",
     ),
     "train": ("train.wieght_decay=0.1", "Did you mean 'train.weight_decay'?"),
+    "attend": ("attend.varient=authors", "Did you mean 'attend.variant'?"),
 }
 
 

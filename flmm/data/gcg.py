@@ -1,0 +1,296 @@
+"""Grounded conversation generation (GCG) splits: GranD-f's annotation JSONs as GLaMM publishes them, and the
+synthetic world's PNG narratives as a GCG split.
+
+A record is one image: its file, its caption and the caption's grounded phrases, each a `(start, end)`
+character span of the caption with its mask (`GcgRecord.masks()` decodes them, `(P, H, W)` bool).
+
+GranD-f files (GLaMM's `dataset/gcg_datasets/GranDf_gcg_ds.py`), under data.root as GLaMM lays them out:
+
+- `groundings` (GranDf_HA_GCG_*.json, OpenPsgGCG_*.json): a list of
+  `{"file_name", "caption", "groundings": {PHRASE: {"token_positives": [start, end], "rle_masks": [RLE]}}}`;
+  a phrase's mask is the union of its RLEs (COCO RLE, `counts` compressed str or uncompressed list).
+- `coco` (flickr_mergedGT_GCG_*.json): COCO layout, `images` carry `caption` (and id, file_name, height,
+  width), `annotations` carry `image_id`, `tokens_positive` (a list of `[start, end]`; the first names the
+  phrase, as GLaMM reads it) and `sam_mask` (RLE); `"ignore": true` annotations are left out.
+- `refs` (RefCOCOg_GCG_*.json): a list of `{"img_file_name", "caption", "refs": [{"sentence",
+  "segmentation": [polygon, ...]}]}`; a ref's span is where its sentence first occurs in the lower-cased
+  caption (refs not in it are left out, as in GLaMM), its mask the union of its polygons.
+
+Split names are `gcg:NAME` with NAME in `GCG_SPLITS`; `png:val2017` (or train2017) reads PNG narratives
+(`flmm.data.png`) as GCG records: caption = narrative, phrases = its grounded utterances. Malformed input
+is a `DataError` naming the file, the record and the field. Data code knows nothing of models.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from flmm.data.png import PNG_SPLITS, load_png_split, phrase_masks
+from flmm.data.safe_pickle import load_plain_json
+from flmm.errors import DataError
+
+# name: (annotation JSON, image folder, format), relative to data.root
+GCG_SPLITS = {
+    f"{name}_{split}": (f"GranDf/annotations/train/{stem}_{split}.json", images, kind)
+    for name, stem, images, kind in (
+        ("psg", "OpenPsgGCG", "coco_2017/train2017", "groundings"),
+        ("flickr", "flickr_mergedGT_GCG", "flikcr_30k/train", "coco"),  # GLaMM's folder name
+        ("refcocog", "RefCOCOg_GCG", "coco_2014/train2014", "refs"),
+    )
+    for split in ("train", "val")
+}
+GCG_SPLITS["grandf_train"] = (
+    "GranDf/annotations/train/GranDf_HA_GCG_train.json",
+    "GranDf/GranDf_HA_images/train",
+    "groundings",
+)
+
+
+@dataclass(frozen=True)
+class GcgPhrase:
+    """A grounded phrase: its text and `(start, end)` span in the caption."""
+
+    text: str
+    span: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class GcgRecord:
+    """One image of a GCG split; `masks()` gives its phrases' masks `(P, H, W)` bool."""
+
+    image_id: str
+    image_path: Path
+    caption: str
+    phrases: tuple[GcgPhrase, ...]
+    load_masks: Callable[[], np.ndarray] = field(repr=False, compare=False)
+
+    def masks(self) -> np.ndarray:
+        return self.load_masks()
+
+
+def is_gcg_split(spec: str) -> bool:
+    """Whether `spec` names a GCG split (`gcg:NAME`) rather than a PNG one used as GCG."""
+    return spec.partition(":")[0] == "gcg"
+
+
+def gcg_split_paths(root: str | Path, spec: str) -> tuple[Path, Path, str]:
+    """(annotation JSON, image folder, format) of `gcg:NAME`, or (narratives JSON, image folder, "png")."""
+    name, _, split = spec.partition(":")
+    if name == "png":
+        if split not in PNG_SPLITS:
+            raise DataError(f"'{spec}': png has splits {list(PNG_SPLITS)}")
+        coco = Path(root) / "coco"
+        return coco / "annotations" / f"png_coco_{split}.json", coco / split, "png"
+    if name != "gcg" or split not in GCG_SPLITS:
+        raise DataError(
+            f"'{spec}' is not a GCG split: expected png:val2017 or gcg:NAME with NAME in {sorted(GCG_SPLITS)}"
+        )
+    ann, images, kind = GCG_SPLITS[split]
+    return Path(root) / ann, Path(root) / images, kind
+
+
+def load_gcg_split(root: str | Path, spec: str) -> list[GcgRecord]:
+    """The records of a GCG split (`gcg:NAME` or `png:SPLIT`) under data root `root`."""
+    ann, images, kind = gcg_split_paths(root, spec)
+    if not ann.is_file():
+        raise DataError(
+            f"data for '{spec}' not found: missing {ann} (GLaMM's GranD-f layout under data.root)"
+        )
+    if kind == "png":
+        return _png_records(root, spec.partition(":")[2])
+    return read_gcg_file(ann, images, kind)
+
+
+def read_gcg_file(path: str | Path, image_dir: str | Path, kind: str) -> list[GcgRecord]:
+    """Read one GranD-f GCG annotation file of format `kind` (`groundings`, `coco` or `refs`)."""
+    path, image_dir = Path(path), Path(image_dir)
+    data = load_plain_json(path, f"GranD-f GCG annotations ({kind})")
+    if kind == "coco":
+        return _coco_records(data, path, image_dir)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of records, found {type(data).__name__}")
+    reader = {"groundings": _groundings_record, "refs": _refs_record}[kind]
+    return [reader(record, f"{path}: record #{i}", image_dir) for i, record in enumerate(data)]
+
+
+def _fields(record: object, where: str, types: dict[str, type]) -> list:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: should be an object, found {type(record).__name__} {reprlib.repr(record)}")
+    values = []
+    for key, kind in types.items():
+        if key not in record:
+            raise DataError(f"{where}: field {key!r} is missing")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise DataError(
+                f"{where}: field {key!r} should be {kind.__name__}, found {reprlib.repr(record[key])}"
+            )
+        values.append(record[key])
+    return values
+
+
+def _span(value: object, caption: str, where: str) -> tuple[int, int]:
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
+    if not ok or not 0 <= value[0] < value[1] <= len(caption):
+        raise DataError(
+            f"{where}: should be [start, end] with 0 <= start < end <= {len(caption)} (the caption's "
+            f"length), found {reprlib.repr(value)}"
+        )
+    return int(value[0]), int(value[1])
+
+
+def _rle(value: object, where: str) -> dict:
+    """A COCO RLE ready for `mask_utils.decode` (compressed, counts as bytes)."""
+    if not isinstance(value, dict) or "counts" not in value or "size" not in value:
+        raise DataError(
+            f"{where}: should be a COCO RLE {{'size': [H, W], 'counts': ...}}, found {reprlib.repr(value)}"
+        )
+    size, counts = value["size"], value["counts"]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+        raise DataError(f"{where}: field 'size' should be [H, W], found {reprlib.repr(size)}")
+    if isinstance(counts, list):
+        return mask_utils.frPyObjects(value, *size)
+    if not isinstance(counts, str | bytes):
+        raise DataError(f"{where}: field 'counts' should be a string or a list, found {reprlib.repr(counts)}")
+    return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def _decode_union(rles: list[dict], hw: tuple[int, int], where: str) -> np.ndarray:
+    mask = np.zeros(hw, dtype=bool)
+    for rle in rles:
+        if tuple(rle["size"]) != hw:
+            raise DataError(f"{where}: RLE of size {rle['size']} in an image of size {list(hw)}")
+        try:
+            mask |= mask_utils.decode(rle).astype(bool)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{where}: the RLE cannot be decoded ({exc})") from None
+    return mask
+
+
+def _stack(masks: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
+    return np.stack(masks) if masks else np.zeros((0, *hw), dtype=bool)
+
+
+def _groundings_record(record: object, where: str, image_dir: Path) -> GcgRecord:
+    file_name, caption, groundings = _fields(
+        record, where, {"file_name": str, "caption": str, "groundings": dict}
+    )
+    caption = caption.strip('"').strip()  # GLaMM strips the quotes some captions carry
+    phrases, rles = [], []
+    for text, grounding in groundings.items():
+        at = f"{where}: grounding {text!r}"
+        positives, masks = _fields(grounding, at, {"token_positives": list, "rle_masks": list})
+        span = _span(positives, caption, f"{at}: field 'token_positives'")
+        if not masks:
+            raise DataError(f"{at}: field 'rle_masks' is empty")
+        rles.append([_rle(m, f"{at}: field 'rle_masks'") for m in masks])
+        phrases.append(GcgPhrase(caption[span[0] : span[1]], span))
+    order = sorted(range(len(phrases)), key=lambda i: phrases[i].span)
+
+    def load() -> np.ndarray:
+        hw = tuple(rles[0][0]["size"]) if rles else _image_hw(image_dir / file_name, where)
+        return _stack(
+            [_decode_union(rles[i], hw, f"{where}: grounding {phrases[i].text!r}") for i in order], hw
+        )
+
+    stem = Path(file_name).stem
+    return GcgRecord(stem, image_dir / file_name, caption, tuple(phrases[i] for i in order), load)
+
+
+def _image_hw(path: Path, where: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read the image {path} ({exc})") from None
+
+
+def _refs_record(record: object, where: str, image_dir: Path) -> GcgRecord:
+    file_name, caption, refs = _fields(record, where, {"img_file_name": str, "caption": str, "refs": list})
+    caption = caption.strip('"').strip().lower()  # GLaMM matches the refs in the lower-cased caption
+    found = []
+    for k, ref in enumerate(refs):
+        at = f"{where}: ref #{k}"
+        sentence, polygons = _fields(ref, at, {"sentence": str, "segmentation": list})
+        start = caption.find(sentence.lower()) if sentence.strip() else -1
+        if start < 0:
+            continue  # GLaMM leaves out the refs that are not in the caption
+        bad = [p for p in polygons if not (isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0)]
+        if bad or not polygons:
+            found = reprlib.repr(polygons)
+            raise DataError(f"{at}: field 'segmentation' should be polygons [x0, y0, x1, ...], found {found}")
+        span = (start, start + len(sentence))
+        found.append((span, GcgPhrase(caption[span[0] : span[1]], span), polygons))
+    found.sort(key=lambda item: item[0])
+    path = image_dir / file_name
+
+    def load() -> np.ndarray:
+        hw = _image_hw(path, where)
+        masks = []
+        for _, _, polygons in found:
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, *hw))
+            masks.append(mask_utils.decode(rle).astype(bool))
+        return _stack(masks, hw)
+
+    return GcgRecord(Path(file_name).stem, path, caption, tuple(p for _, p, _ in found), load)
+
+
+def _coco_records(data: object, path: Path, image_dir: Path) -> list[GcgRecord]:
+    images, annotations = _fields(data, str(path), {"images": list, "annotations": list})
+    by_image: dict[object, list] = {}
+    for i, ann in enumerate(annotations):
+        where = f"{path}: annotation #{i}"
+        (image_id,) = _fields(ann, where, {"image_id": object})
+        if not ann.get("ignore", False):
+            by_image.setdefault(image_id, []).append((i, ann))
+    records = []
+    for i, image in enumerate(images):
+        where = f"{path}: image #{i}"
+        image_id, file_name, caption, height, width = _fields(
+            image, where, {"id": object, "file_name": str, "caption": str, "height": int, "width": int}
+        )
+        hw = (height, width)
+        phrases, rles = [], []
+        for k, ann in by_image.get(image_id, []):
+            at = f"{path}: annotation #{k} (image {image_id})"
+            positives, sam_mask = _fields(ann, at, {"tokens_positive": list, "sam_mask": dict})
+            if not positives:
+                raise DataError(f"{at}: field 'tokens_positive' is empty")
+            span = _span(positives[0], caption, f"{at}: field 'tokens_positive'")
+            rles.append((at, _rle(sam_mask, f"{at}: field 'sam_mask'")))
+            phrases.append(GcgPhrase(caption[span[0] : span[1]], span))
+        order = sorted(range(len(phrases)), key=lambda j: phrases[j].span)
+
+        def load(rles=rles, order=order, hw=hw) -> np.ndarray:
+            return _stack([_decode_union([rles[j][1]], hw, rles[j][0]) for j in order], hw)
+
+        records.append(
+            GcgRecord(str(image_id), image_dir / file_name, caption, tuple(phrases[j] for j in order), load)
+        )
+    return records
+
+
+def _png_records(root: str | Path, split: str) -> list[GcgRecord]:
+    records = []
+    for narrative in load_png_split(root, split):
+        phrases = tuple(GcgPhrase(p.utterance, p.span) for p in narrative.phrases)
+        records.append(
+            GcgRecord(
+                str(narrative.image_id),
+                narrative.image_path,
+                narrative.caption,
+                phrases,
+                lambda narrative=narrative: phrase_masks(narrative),
+            )
+        )
+    return records
