@@ -17,8 +17,21 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (pyproject.toml): a worker and the processes it starts use one thread each, since
+    # OpenMP threads that outnumber the cores spin-wait on each other and slow every test down.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` first: the first worker starts them at once, beside the short tests the others
+    take, instead of meeting them last and alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 REAL_FORMAT = REPO_ROOT.parent / "shared" / "fixtures" / "real_format"
 
 

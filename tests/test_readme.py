@@ -11,7 +11,9 @@ The commands run in scratch folders that hold the checkout's files (linked) but 
 - `refuses`: exit 2 with the given message before loading anything (commands that need weights, data or a
   GPU this machine does not have);
 - `setup`: the set-up command, which ran before the tests did (it is `.ci/run`'s first step); the rest of
-  the line runs (the main command: training and evaluation of the embedded default, in full);
+  the line runs (the main command: the embedded default's training with `train.epochs=1` appended, one of
+  its six epochs, as each runs every part of the recipe and all six would take 8 of the suite's 15 minutes
+  on 2 cores; then its evaluation, in full);
 - `web`: the web demo, served on a free port (`--port 0` appended); its page (the Gradio app's, found by
   its title) is fetched, then it is stopped.
 A README command without a rule, or a rule without its command, fails the test. The commands that use the
@@ -27,6 +29,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO_ROOT
 
@@ -44,7 +48,7 @@ TINY_RUN = (
 class Rule:
     expect: str  # "ok" | "refuses" | "setup" | "web"
     message: str = ""  # with "refuses": a regex the error must match
-    shrink: str = ""  # with "ok": arguments appended to make it fast
+    shrink: str = ""  # with "ok" or "setup": arguments appended to make it fast
 
 
 MAIN = (
@@ -53,7 +57,7 @@ MAIN = (
 )
 IMAGE = "data/synthetic/coco/train2014/COCO_train2014_000000000001.jpg"
 RULES: dict[str, Rule] = {
-    MAIN: Rule("setup"),
+    MAIN: Rule("setup", shrink="train.epochs=1"),
     TEST_COMMAND: Rule("setup"),
     ".venv/bin/python tools/train.py configs/flmm_llava7b.yaml [key=value ...] "
     "[--resume runs/flmm_llava7b/checkpoints/last.ckpt]": Rule("refuses", r"missing"),
@@ -209,6 +213,7 @@ def _run_all(commands: list[str], scratch: Path) -> None:
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.slow
 def test_the_main_command_and_the_commands_that_use_its_run(tmp_path: Path):
     """The main command first, then in README order the commands that use its checkpoint or data."""
     commands = [c for c in readme_commands() if uses_the_main_run(c)]

@@ -98,6 +98,10 @@ class LMMAdapter(nn.Module):
     fallback_template: ClassVar[str] = "USER: <image>\n{question} ASSISTANT:"
     # A system turn before every prompt (`prompt`); None: none given (the template's own default, if any).
     system_prompt: str | None = None
+    # The prompt attends bidirectionally (a prefix-LM): hooked capture's causal recompute is exact for the
+    # text after it, not guaranteed for the prompt's last row (the authors' emitting row of the first text
+    # token; use eager capture where it matters).
+    bidirectional_prompt: ClassVar[bool] = False
 
     def __init__(
         self,

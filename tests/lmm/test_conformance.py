@@ -14,6 +14,7 @@ import torch
 
 from flmm.data.transforms import ProcessorTransform
 from flmm.demo.answer import GenerationSettings, generate_answer
+from flmm.engine.attend import emitting_ids
 from flmm.lmm import adapter_for
 from flmm.lmm.adapter import LMMAdapter
 from flmm.models.grounding import GroundingModel
@@ -69,6 +70,30 @@ def test_token_attention_equals_transformers_eager_attentions(tiny_family, captu
         n = reference_row.shape[1]
         torch.testing.assert_close(out.token_attention[row, :, :n], reference_row, atol=2e-6, rtol=1e-4)
         assert torch.all(out.token_attention[row, :, n:] == 0)
+
+
+@pytest.mark.parametrize("capture", ["hooked", "eager"])
+def test_the_authors_emitting_rows_are_eager_attentions_one_position_earlier(tiny_family, capture):
+    """attend.variant=authors captures each text token's row at the position before it (`emitting_ids`):
+    for every family those rows are transformers' eager attentions there. The one exception is declared: a
+    prefix-LM's (`bidirectional_prompt`) first text token is emitted by the prompt's last position, a
+    prefix row that hooked capture recomputes causally and may miss (PaliGemma 2 does, PaliGemma 1 does
+    not); eager capture gives it exactly."""
+    adapter = _adapter(tiny_family, capture)
+    batch = adapter.encode(_images(tiny_family), TEXTS, SPANS)
+    encoded = adapter.encode_text(TEXTS, SPANS, batch["images"])
+    batch["phrase_ids"] = emitting_ids(encoded.text_mask)
+    out = adapter(**batch)
+    reference = copy.deepcopy(tiny_family.model)
+    reference.set_attn_implementation({adapter.text_config_key: "eager"})
+    expected = _by_hand(adapter, reference, batch)
+    assert len(expected) == int(encoded.text_mask.sum())
+    first_rows = encoded.text_mask.sum(dim=1).cumsum(dim=0) - encoded.text_mask.sum(dim=1)
+    approximate = set(first_rows.tolist()) if capture == "hooked" and adapter.bidirectional_prompt else set()
+    for row, reference_row in enumerate(expected):
+        n = reference_row.shape[1]
+        close = torch.allclose(out.token_attention[row, :, :n], reference_row, atol=2e-6, rtol=1e-4)
+        assert close or row in approximate, f"row {row}"
 
 
 def test_the_kit_covers_sliding_window_layers_shorter_than_the_sequence(sliding_families):

@@ -48,6 +48,7 @@ class PaliGemmaAdapter(LMMAdapter):
 
     model_class = PaliGemmaForConditionalGeneration
     fallback_template = "<image>{question}\n"
+    bidirectional_prompt = True
 
     @property
     def plain_attention(self) -> str:  # type: ignore[override]  # per checkpoint: PaliGemma 2 soft-caps
