@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,13 +206,16 @@ class Demo:
         phrases: Sequence[str] | None = None,
         settings: GenerationSettings | None = None,
         source: str = "auto",
+        spans_of: Callable[[str], list[Span]] | None = None,
     ) -> DemoResult:
         """Answer `question` about `image` (uint8 `(H, W, 3)`) and ground the chosen phrases.
 
         phrases: ground these instead of choosing (the question may then be None); found in the answer when
         all of them are, else grounded on their own after the description prompt. settings: decoding,
         greedy by default. source: how phrases are chosen from the answer: `answer` (the whole answer),
-        `selector` (the keyword selector), `auto` (the selector when the model has one).
+        `selector` (the keyword selector), `auto` (the selector when the model has one). spans_of: choose
+        the answer's spans with this function of its text instead (e.g. GCG's noun chunks), grounded from
+        the same generation.
         """
         if source not in SOURCES:
             raise ValueError(f"phrase source must be one of {SOURCES}, got {source!r}")
@@ -237,6 +240,8 @@ class Demo:
             if spans is None:
                 text, spans = join_phrases(list(phrases))
                 prompt = self.adapter.prompt()
+        elif spans_of is not None:
+            spans, kind = spans_of(text), "answer"
         elif source == "answer" or (source == "auto" and self.selector is None):
             spans, kind = answer_span(text), "answer"
         else:

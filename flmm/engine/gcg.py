@@ -2,8 +2,8 @@
 
 For every image of a split (`flmm.data.gcg`): the `Demo` answers `GCG_QUESTION` (greedy, `settings`);
 the phrases are the keyword selector's choice when the model has one, else the answer's noun chunks
-(`noun_chunks`), grounded in the answer (one more greedy generation of the same answer, which the Demo
-grounds as it decodes); `flmm.engine.gcg_metrics` scores the split.
+(`noun_chunks`), grounded from the features recorded while the answer was generated;
+`flmm.engine.gcg_metrics` scores the split.
 
 Writes into `out_dir`: `predictions/SPLIT/IMAGE_ID.json` for every image, also one without a phrase
 (`{"image_id", "image_file", "caption", "phrases", "spans", "pred_masks": [COCO RLE], "source",
@@ -83,11 +83,7 @@ def describe_and_ground(demo: Demo, image: np.ndarray, settings: GenerationSetti
     """The Demo's description of `image` with its phrases grounded: the selector's, else noun chunks."""
     if demo.selector is not None:
         return demo.run(image, GCG_QUESTION, settings=settings, source="selector")
-    first = demo.run(image, GCG_QUESTION, settings=settings, source="answer")
-    chunks = [first.text[s:e] for s, e in noun_chunks(first.answer or "")]
-    if not chunks:
-        return replace(first, phrases=[], source="noun-chunks")
-    result = demo.run(image, GCG_QUESTION, phrases=chunks, settings=settings)
+    result = demo.run(image, GCG_QUESTION, settings=settings, spans_of=noun_chunks)
     return replace(result, source="noun-chunks")
 
 
