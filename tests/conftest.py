@@ -231,3 +231,21 @@ def write_reasonseg(root: Path, split: str = "val") -> Path:
         }
         (folder / f"{name}.json").write_text(json.dumps(record))
     return root
+
+
+def coco_rle(mask: np.ndarray, compressed: bool = True) -> dict:
+    """COCO RLE of a `(H, W)` bool mask, as annotation files hold it: `counts` a compressed str, or (not
+    `compressed`) the uncompressed list of run lengths, column-major, starting with a run of zeros."""
+    from pycocotools import mask as mask_utils
+
+    size = list(mask.shape)
+    if compressed:
+        encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": size, "counts": encoded["counts"].decode("ascii")}
+    counts, value, run = [], 0, 0
+    for pixel in mask.flatten(order="F").astype(int):
+        if pixel != value:
+            counts.append(run)
+            value, run = pixel, 0
+        run += 1
+    return {"size": size, "counts": [*counts, run]}

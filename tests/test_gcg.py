@@ -24,7 +24,7 @@ from flmm.engine.gcg_metrics import (
     token_overlap,
 )
 from flmm.errors import DataError
-from tests.conftest import TOY_CONFIG, load_tool, toy_overrides
+from tests.conftest import TOY_CONFIG, coco_rle, load_tool, toy_overrides
 
 H, W = 8, 10
 
@@ -93,20 +93,6 @@ def test_noun_chunks():
     assert noun_chunks("") == [] and noun_chunks("is of the.") == []
 
 
-def rle(mask: np.ndarray, compressed: bool = True) -> dict:
-    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    if compressed:
-        return {"size": [H, W], "counts": encoded["counts"].decode("ascii")}
-    flat = mask.flatten(order="F").astype(int)
-    counts, value, run = [], 0, 0
-    for pixel in flat:
-        if pixel != value:
-            counts.append(run)
-            value, run = pixel, 0
-        run += 1
-    return {"size": [H, W], "counts": [*counts, run]}
-
-
 def write_grandf(root: Path) -> Path:
     """GranD-f's layout, three formats as GLaMM publishes them: PSG (groundings), Flickr (COCO), RefCOCOg."""
     ann = root / "GranDf" / "annotations" / "train"
@@ -121,10 +107,10 @@ def write_grandf(root: Path) -> Path:
             "file_name": "000000000009.jpg",
             "caption": f'"{caption}"',
             "groundings": {
-                "the road": {"token_positives": [22, 30], "rle_masks": [rle(box(0, 6, 10, 8))]},
+                "the road": {"token_positives": [22, 30], "rle_masks": [coco_rle(box(0, 6, 10, 8))]},
                 "A man": {
                     "token_positives": [0, 5],
-                    "rle_masks": [rle(box(0, 0, 2, 4)), rle(box(2, 0, 4, 4), compressed=False)],
+                    "rle_masks": [coco_rle(box(0, 0, 2, 4)), coco_rle(box(2, 0, 4, 4), compressed=False)],
                 },
             },
         },
@@ -134,13 +120,13 @@ def write_grandf(root: Path) -> Path:
     flickr = {
         "images": [{"id": 7, "file_name": "7.jpg", "height": H, "width": W, "caption": caption}],
         "annotations": [
-            {"id": 1, "image_id": 7, "tokens_positive": [[12, 18]], "sam_mask": rle(box(4, 2, 8, 6))},
-            {"id": 2, "image_id": 7, "tokens_positive": [[0, 5]], "sam_mask": rle(box(0, 0, 4, 4))},
+            {"id": 1, "image_id": 7, "tokens_positive": [[12, 18]], "sam_mask": coco_rle(box(4, 2, 8, 6))},
+            {"id": 2, "image_id": 7, "tokens_positive": [[0, 5]], "sam_mask": coco_rle(box(0, 0, 4, 4))},
             {
                 "id": 3,
                 "image_id": 7,
                 "tokens_positive": [[22, 30]],
-                "sam_mask": rle(box(0, 0, 1, 1)),
+                "sam_mask": coco_rle(box(0, 0, 1, 1)),
                 "ignore": True,
             },
         ],
@@ -225,7 +211,7 @@ def test_gcg_run_on_the_embedded_default(smoke_run, toy_world, tmp_path, capsys)
     for path in predictions:
         pred = json.loads(path.read_text())
         assert len(pred["phrases"]) == len(pred["pred_masks"]) == len(pred["spans"])
-        assert pred["source"] == "noun-chunks"  # the smoke run's checkpoint has no keyword selector
+        assert pred["source"] == "selector"  # the embedded default trains a keyword selector
         assert pred["glamm"].count("<p> ") == len(pred["phrases"]) == pred["glamm"].count(" </p> [SEG]")
         for m in pred["pred_masks"]:
             assert mask_utils.decode({**m, "counts": m["counts"].encode()}).shape == tuple(m["size"])
@@ -242,3 +228,6 @@ def test_gcg_run_training_free(toy_world, tmp_path):
     assert results["splits"]["png:val2017"]["images"] == len(
         list((out / "predictions" / "png_val2017").iterdir())
     )
+    # Without a keyword selector the description's noun chunks are grounded.
+    sources = {json.loads(p.read_text())["source"] for p in (out / "predictions" / "png_val2017").iterdir()}
+    assert sources == {"noun-chunks"}

@@ -64,8 +64,9 @@ RULES: dict[str, Rule] = {
     ".venv/bin/python tools/test.py --ckpt runs/flmm_llava7b/checkpoints/last.ckpt [--splits refcoco:val,"
     "refcocog:test] [--protocol all-sentences|first-sentence-concat|both] [--out DIR] [--save-masks] "
     "[--overlays N] [key=value ...]": Rule("refuses", r"runs/flmm_llava7b/checkpoints/last.ckpt"),
-    f'.venv/bin/python tools/demo.py --ckpt runs/flmm_toy/checkpoints/last.ckpt --image {IMAGE} "What is the '
-    'blue object?" [--out DIR] [--format plain|kosmos|glamm]': Rule("ok"),
+    ".venv/bin/python tools/demo.py --ckpt runs/flmm_toy/checkpoints/last.ckpt --image "
+    'data/synthetic/reason_seg/ReasonSeg/val/reason_000025.jpg "What is above the blue circle?" '
+    "[--out DIR] [--format plain|kosmos|glamm]": Rule("ok"),
     ".venv/bin/python tools/demo.py --mode attend-and-segment --config configs/flmm_toy.yaml "
     f'--image {IMAGE} --phrases "the blue diamond; the square"': Rule("ok"),
     ".venv/bin/python tools/demo.py --web --ckpt runs/flmm_toy/checkpoints/last.ckpt": Rule("web"),
@@ -92,7 +93,12 @@ RULES: dict[str, Rule] = {
     ),
     ".venv/bin/python tools/train.py configs/flmm_toy_control.yaml && .venv/bin/python tools/test.py --ckpt "
     "runs/flmm_toy_control/checkpoints/last.ckpt": Rule("ok", shrink=TINY_RUN),
-    ".venv/bin/python tools/pretrain_toy_lmm.py --out DIR": Rule("ok", shrink=TINY_LMM),
+    ".venv/bin/python tools/pretrain_toy_lmm.py --out data/toy_models/tiny_llava_captions": Rule(
+        "ok", shrink=TINY_LMM
+    ),
+    ".venv/bin/python tools/pretrain_toy_lmm.py --config configs/toy_lmm_chat.yaml --out DIR": Rule(
+        "ok", shrink=TINY_LMM
+    ),
     ".venv/bin/python tools/pretrain_toy_sam.py --out FILE": Rule("ok", shrink=TINY_SAM),
     ".venv/bin/python tools/sweep_seeds.py configs/flmm_toy.yaml --seeds 0 1 2": Rule("ok", shrink=TINY_RUN),
     ".venv/bin/python tools/train.py configs/flmm_qwen2_5_vl_7b.yaml": Rule(

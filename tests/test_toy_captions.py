@@ -5,12 +5,22 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 
 from flmm.data.synthetic_text import Query
+from flmm.lmm.text import DESCRIBE_IN_DETAIL, SHORT_ANSWER
 from flmm.toy.captions import ObjectFacts, description, referring, render_sample
 
-RED_CIRCLE = ObjectFacts("circle", "red", "small", "on the left", (Query("attribute", colour="red"),))
+RED_CIRCLE = ObjectFacts(
+    "circle",
+    "red",
+    "small",
+    "on the left",
+    (Query("attribute", colour="red"),),
+    ("Which shape is red?", "What is left of the large blue star?"),
+)
 BLUE_STAR = ObjectFacts("star", "blue", "large", "at the top right", ())
+NARRATIVE = "In this picture we can see a small red circle on the left and a blue star."
 
 
 def _objects_in(text: str) -> list[str]:
@@ -54,7 +64,7 @@ def test_referring_caption_says_the_expression_then_the_objects_four_parts():
 
 def test_no_format_ever_writes_a_number_or_coordinate():
     rng = np.random.default_rng(2)
-    for fmt in ("description", "referring", "qa"):
+    for fmt in ("description", "referring", "qa", "answer"):
         for _ in range(30):
             prompt, answer = render_sample([RED_CIRCLE, BLUE_STAR], fmt, rng)
             assert not re.search(r"\d", answer), (fmt, answer)
@@ -84,3 +94,34 @@ def test_qa_answers_are_true_of_the_scene():
         seen.add(kind)
         assert answer == expected, (asked, answer)
     assert seen == {"count", "presence", "colour", "size", "where"}
+
+
+def test_answer_format_asks_what_one_object_answers_and_answers_with_its_phrase():
+    rng = np.random.default_rng(4)
+    asked = set()
+    for _ in range(40):
+        prompt, answer = render_sample([RED_CIRCLE, BLUE_STAR], "answer", rng)
+        question = prompt.split("<image>\n")[1].removesuffix(" ASSISTANT:")
+        asked.add(question.removesuffix(f" {SHORT_ANSWER}"))
+        assert answer == "the small red circle"
+    # Only the red circle has questions; the star is never asked about.
+    assert asked == set(RED_CIRCLE.asks)
+
+
+def test_answer_questions_end_with_the_short_answer_request_half_the_time():
+    rng = np.random.default_rng(5)
+    prompts = [render_sample([RED_CIRCLE], "answer", rng)[0] for _ in range(400)]
+    share = np.mean([prompt.endswith(f"{SHORT_ANSWER} ASSISTANT:") for prompt in prompts])
+    assert 0.4 < share < 0.6
+
+
+def test_answer_format_falls_back_to_a_description_when_nothing_can_be_asked():
+    prompt, answer = render_sample([BLUE_STAR], "answer", np.random.default_rng(0))
+    assert "description of the image" in prompt and "large blue star at the top right" in answer
+
+
+def test_narrative_format_answers_the_gcg_request_with_the_scenes_narrative():
+    prompt, answer = render_sample([RED_CIRCLE], "narrative", np.random.default_rng(0), narrative=NARRATIVE)
+    assert prompt.endswith(f"{DESCRIBE_IN_DETAIL} ASSISTANT:") and answer == NARRATIVE
+    with pytest.raises(ValueError, match="narrative"):
+        render_sample([RED_CIRCLE], "narrative", np.random.default_rng(0))

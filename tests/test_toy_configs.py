@@ -12,18 +12,26 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from flmm.config import load_config
 from flmm.data.synthetic import SyntheticConfig, generate_world
 from flmm.lmm.tiny import build_tiny_llava
-from flmm.toy.captions import corpus
-from flmm.toy.pretrain_lmm import REPORT_FILE
+from flmm.toy.captions import chat_corpus, corpus
+from flmm.toy.pretrain_lmm import INIT_REPORT_FILE, REPORT_FILE, extend_vocabulary
 from flmm.toy.pretrain_sam import report_path
 from flmm.toy.recipe import LmmRecipe, SamRecipe, load_recipe
 from tests.conftest import REPO_ROOT, load_tool
 
 DEFAULT = REPO_ROOT / "configs" / "flmm_toy.yaml"
 CONTROL = REPO_ROOT / "configs" / "flmm_toy_control.yaml"
+# The README's overrides that give the default the control's recipe: RefCOCO only, no keyword selector.
+REFCOCO_ONLY = [
+    "data.train_splits=[refcoco:train]",
+    "data.val_splits=[refcoco:val]",
+    "data.test_splits=[refcoco:val,refcoco:testA,refcoco:testB]",
+    "model.selector=null",
+]
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json")
 TINY_SIZES = [
     "sizes.vision.image_size=32",
@@ -65,8 +73,8 @@ def _flat(cfg) -> dict:
     return out
 
 
-def test_control_config_differs_from_the_default_only_in_the_lmm_weights():
-    default, control = _flat(load_config(DEFAULT)), _flat(load_config(CONTROL))
+def test_control_config_is_the_defaults_refcoco_recipe_but_for_the_lmm_weights():
+    default, control = _flat(load_config(DEFAULT, REFCOCO_ONLY)), _flat(load_config(CONTROL))
     differing = {k for k in default.keys() | control.keys() if default.get(k) != control.get(k)}
     assert differing == {"output_dir", "model.lmm.model"}
 
@@ -90,10 +98,22 @@ def test_shipped_toy_models_are_what_their_recipes_make(tmp_path: Path):
     lmm, sam = Path(cfg.model.lmm.model), Path(cfg.model.refiner.checkpoint)
     assert lmm.parent == sam.parent == REPO_ROOT / "toy_models"
     lmm_recipe = load_recipe(LmmRecipe, REPO_ROOT / "configs" / "toy_lmm.yaml")
+    chat_recipe = load_recipe(LmmRecipe, REPO_ROOT / "configs" / "toy_lmm_chat.yaml")
     sam_recipe = load_recipe(SamRecipe, REPO_ROOT / "configs" / "toy_sam.yaml")
-    assert json.loads((lmm / REPORT_FILE).read_text())["recipe"] == vars(lmm_recipe)
+    # Two stages: captions (toy_lmm.yaml), then questions and narratives from there (toy_lmm_chat.yaml).
+    # The first stage's report predates the recipe key `init` (None: it built its model).
+    assert {"init": None, **json.loads((lmm / INIT_REPORT_FILE).read_text())["recipe"]} == vars(lmm_recipe)
+    assert json.loads((lmm / REPORT_FILE).read_text())["recipe"] == vars(chat_recipe)
     assert json.loads(report_path(sam).read_text())["recipe"] == vars(sam_recipe)
-    fresh = build_tiny_llava(tmp_path, seed=lmm_recipe.seed, config=lmm_recipe.sizes, corpus=corpus())
+    built = build_tiny_llava(
+        tmp_path / "built", seed=lmm_recipe.seed, config=lmm_recipe.sizes, corpus=corpus()
+    )
+    model = LlavaForConditionalGeneration.from_pretrained(built, local_files_only=True)
+    processor = LlavaProcessor.from_pretrained(built, local_files_only=True)
+    extend_vocabulary(model, processor.tokenizer, chat_corpus())
+    fresh = tmp_path / "fresh"
+    processor.save_pretrained(fresh)
+    model.save_pretrained(fresh)
     for file in PROCESSOR_FILES:
         assert (lmm / file).read_bytes() == (fresh / file).read_bytes(), file
     assert _architecture(lmm) == _architecture(fresh)

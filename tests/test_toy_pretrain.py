@@ -161,3 +161,65 @@ def test_pretraining_logged_to_a_file_prints_plain_progress_lines(tmp_path: Path
     assert load_tool("pretrain_toy_sam").main([*argv, "--steps", "3", *SAM_TINY]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pretraining toy SAM")]
     assert len(lines) == 1 and "step 3/3" in lines[0] and "samples/s" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def second_stage(pretrained: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("toy_lmm_chat") / "llava"
+    argv = ["--out", str(out), "--config", str(REPO_ROOT / "configs" / "toy_lmm_chat.yaml"), "--quiet"]
+    assert load_tool("pretrain_toy_lmm").main([*argv, "--steps", "3", *TINY, f"init={pretrained}"]) == 0
+    return out
+
+
+def test_second_stage_adds_the_questions_words_and_keeps_the_old_ids(pretrained: Path, second_stage: Path):
+    before = LlavaProcessor.from_pretrained(pretrained, local_files_only=True).tokenizer
+    after = LlavaProcessor.from_pretrained(second_stage, local_files_only=True).tokenizer
+    added = json.loads((second_stage / REPORT_FILE).read_text())["added_words"]
+    assert {"biggest", "smallest", "describe", "answer", ";"} <= set(added)
+    assert not set(added) & set(before.get_vocab())
+    text = "the small red circle on the left , in this picture we can see two stars ."
+    assert after(text)["input_ids"] == before(text)["input_ids"]
+    model = LlavaForConditionalGeneration.from_pretrained(second_stage, local_files_only=True)
+    assert model.get_input_embeddings().num_embeddings == len(after)
+
+
+def test_second_stage_tokenizes_every_question_and_request_without_unk(second_stage: Path):
+    tokenizer = LlavaProcessor.from_pretrained(second_stage, local_files_only=True).tokenizer
+    pool = lmm_pool(
+        world_config(_recipe()), 16, 0, "lmm_eval", lambda image: {"pixel_values": torch.zeros(3, 4, 4)}
+    )
+    rng = np.random.default_rng(0)
+    texts = [" ".join(render_sample(objs, "answer", rng)) for objs in pool.objects for _ in range(4)]
+    texts += [
+        " ".join(render_sample(objs, "narrative", rng, narrative=n))
+        for objs, n in zip(pool.objects, pool.narratives)
+    ]
+    assert len({t for t in texts if "?" in t}) > 16
+    assert not {t for t in texts if tokenizer.unk_token_id in tokenizer(t)["input_ids"]}
+    # A new word is matched as a whole word only.
+    assert tokenizer.convert_ids_to_tokens(tokenizer("outside")["input_ids"]) == ["<s>", "<unk>"]
+
+
+def test_second_stage_reports_how_many_held_out_questions_it_answers(second_stage: Path):
+    held_out = json.loads((second_stage / REPORT_FILE).read_text())["held_out"]
+    assert 0.0 <= held_out["answer_exact_match"] <= 1.0
+    assert {"answer", "narrative"} <= set(held_out["loss"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["init=/nonexistent/llava"], "no toy LLaVA folder at /nonexistent/llava"),
+        (["steps=0"], "steps must be >= 1 to go on training"),
+    ],
+)
+def test_second_stage_refuses_a_bad_init(pretrained: Path, tmp_path: Path, capsys, overrides, message):
+    argv = ["--out", str(tmp_path / "x"), "--config", str(REPO_ROOT / "configs" / "toy_lmm_chat.yaml")]
+    assert load_tool("pretrain_toy_lmm").main([*argv, "--quiet", f"init={pretrained}", *overrides]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_second_stage_refuses_to_overwrite_its_init(pretrained: Path, capsys):
+    argv = ["--out", str(pretrained), "--config", str(REPO_ROOT / "configs" / "toy_lmm_chat.yaml")]
+    assert load_tool("pretrain_toy_lmm").main([*argv, "--quiet", f"init={pretrained}"]) == 2
+    assert "is also the output folder" in capsys.readouterr().err

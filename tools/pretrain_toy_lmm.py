@@ -4,11 +4,13 @@
         [--batch-size N] [key=value ...]
 
 Builds transformers' LlavaForConditionalGeneration at the recipe's sizes with a word-level tokenizer trained
-here and a LlavaProcessor, pretrains it on captions / referring captions / QA about freshly drawn synthetic
-scenes (never the world's own images, never its held-out colour-shape pairs), and saves it to DIR with
-save_pretrained (safetensors), loadable offline like a hub checkpoint. `--steps 0` saves the random initial
-weights (the control). Prints the held-out loss per text format and the next-token accuracy per word kind;
-DIR/pretrain_report.json keeps them with the recipe and the loss curve.
+here and a LlavaProcessor (or, with the recipe's `init`, goes on from a toy LLaVA folder), pretrains it
+on captions / referring captions / QA / answers / narratives about freshly drawn synthetic scenes (never
+the world's own images, never its held-out colour-shape pairs), and saves it to DIR with save_pretrained
+(safetensors), loadable offline like a hub checkpoint. `--steps 0` saves the random initial weights (the
+control). Prints the held-out loss per text format, the next-token accuracy per word kind and how many
+held-out questions are answered word for word; DIR/pretrain_report.json keeps them with the recipe and the
+loss curve.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"held-out loss per format: {losses}")
         print(f"held-out next-token accuracy per word kind: {accuracy}")
+        print(f"held-out answers word for word (greedy): {held_out['answer_exact_match']:.3f}")
     return 0
 
 

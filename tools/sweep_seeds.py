@@ -22,7 +22,7 @@ from pathlib import Path
 from flmm.cli import parse_with_overrides
 
 TOOLS = Path(__file__).resolve().parent
-METRICS = ("cIoU", "coarse_cIoU", "gIoU", "P@0.5")
+METRICS = ("cIoU", "coarse_cIoU", "gIoU", "P@0.5", "AR", "selector_token_F1")
 
 
 def run_seed(config: str, seed: int, out: Path, protocol: str, overrides: list[str]) -> dict:

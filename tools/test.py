@@ -47,7 +47,7 @@ from flmm.data.gcg import is_gcg_split
 from flmm.data.synthetic_setup import ensure_synthetic_world
 from flmm.demo.answer import GenerationSettings
 from flmm.demo.pipeline import Demo
-from flmm.demo.reason import SHORT_ANSWER, AnswerThenGround
+from flmm.demo.reason import AnswerThenGround
 from flmm.engine.attend import build_attend_and_segment
 from flmm.engine.build import preflight
 from flmm.engine.evaluate import (
@@ -62,6 +62,7 @@ from flmm.engine.evaluate import (
 from flmm.engine.gcg import format_gcg_results, run_gcg
 from flmm.engine.metrics import format_results_table
 from flmm.errors import FlmmError
+from flmm.lmm.text import SHORT_ANSWER
 
 BUILD_HINT = (
     "A checkpoint's config may name a synthetic world that it would generate itself; tools/test.py writes "

@@ -16,6 +16,15 @@ GranD-f files (GLaMM's `dataset/gcg_datasets/GranDf_gcg_ds.py`), under data.root
   "segmentation": [polygon, ...]}]}`; a ref's span is where its sentence first occurs in the lower-cased
   caption (refs not in it are left out, as in GLaMM), its mask the union of its polygons.
 
+GranD-f's evaluation ground truth (GLaMM's `eval/gcg/evaluate.py`), `gcg:grandf_val` and `gcg:grandf_test`:
+
+- `coco_gt` ({val,test}_gcg_coco_caption_gt.json, its {val,test}_gcg_coco_mask_gt.json beside it): the caption
+  GT's `images` (`id` = the file stem of `{id}.jpg` in GranDf_HA_images/val_test) are the split, its
+  `annotations` carry `image_id`, `caption` and `labels` (the phrases; an image's first caption counts, as in
+  GLaMM); the mask GT is COCO layout, `images` with `height`, `width`, `annotations` with `image_id` and
+  `segmentation` (RLE). An image's k-th mask is its k-th label's (GLaMM pairs them by position); a label's
+  span is where it occurs in the caption, case-insensitively (the k-th time for its k-th repeat).
+
 Split names are `gcg:NAME` with NAME in `GCG_SPLITS`; `png:val2017` (or train2017) reads PNG narratives
 (`flmm.data.png`) as GCG records: caption = narrative, phrases = its grounded utterances. Malformed input
 is a `DataError` naming the file, the record and the field. Data code knows nothing of models.
@@ -23,6 +32,7 @@ is a `DataError` naming the file, the record and the field. Data code knows noth
 
 from __future__ import annotations
 
+import re
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +46,7 @@ from flmm.data.png import PNG_SPLITS, load_png_split, phrase_masks
 from flmm.data.safe_pickle import load_plain_json
 from flmm.errors import DataError
 
+EVAL_IMAGES = "GranDf/GranDf_HA_images/val_test"
 # name: (annotation JSON, image folder, format), relative to data.root
 GCG_SPLITS = {
     f"{name}_{split}": (f"GranDf/annotations/train/{stem}_{split}.json", images, kind)
@@ -51,6 +62,11 @@ GCG_SPLITS["grandf_train"] = (
     "GranDf/GranDf_HA_images/train",
     "groundings",
 )
+# GLaMM's GCG evaluation ground truth; the mask GT file lies beside the caption GT named here.
+GCG_SPLITS |= {
+    f"grandf_{s}": (f"GranDf/annotations/val_test/{s}_gcg_coco_caption_gt.json", EVAL_IMAGES, "coco_gt")
+    for s in ("val", "test")
+}
 
 
 @dataclass(frozen=True)
@@ -99,18 +115,22 @@ def gcg_split_paths(root: str | Path, spec: str) -> tuple[Path, Path, str]:
 def load_gcg_split(root: str | Path, spec: str) -> list[GcgRecord]:
     """The records of a GCG split (`gcg:NAME` or `png:SPLIT`) under data root `root`."""
     ann, images, kind = gcg_split_paths(root, spec)
-    if not ann.is_file():
-        raise DataError(
-            f"data for '{spec}' not found: missing {ann} (GLaMM's GranD-f layout under data.root)"
-        )
+    for needed in (ann, mask_gt_path(ann)) if kind == "coco_gt" else (ann,):
+        if not needed.is_file():
+            raise DataError(
+                f"data for '{spec}' not found: missing {needed} (GLaMM's GranD-f layout under data.root)"
+            )
     if kind == "png":
         return _png_records(root, spec.partition(":")[2])
     return read_gcg_file(ann, images, kind)
 
 
 def read_gcg_file(path: str | Path, image_dir: str | Path, kind: str) -> list[GcgRecord]:
-    """Read one GranD-f GCG annotation file of format `kind` (`groundings`, `coco` or `refs`)."""
+    """Read one GranD-f GCG annotation file of format `kind` (`groundings`, `coco`, `refs` or `coco_gt`, whose
+    `path` is the caption GT file)."""
     path, image_dir = Path(path), Path(image_dir)
+    if kind == "coco_gt":
+        return read_grandf_eval(path, mask_gt_path(path), image_dir)
     data = load_plain_json(path, f"GranD-f GCG annotations ({kind})")
     if kind == "coco":
         return _coco_records(data, path, image_dir)
@@ -247,12 +267,7 @@ def _refs_record(record: object, where: str, image_dir: Path) -> GcgRecord:
 
 def _coco_records(data: object, path: Path, image_dir: Path) -> list[GcgRecord]:
     images, annotations = _fields(data, str(path), {"images": list, "annotations": list})
-    by_image: dict[object, list] = {}
-    for i, ann in enumerate(annotations):
-        where = f"{path}: annotation #{i}"
-        (image_id,) = _fields(ann, where, {"image_id": object})
-        if not ann.get("ignore", False):
-            by_image.setdefault(image_id, []).append((i, ann))
+    by_image = _by_image(annotations, path, keep=lambda ann: not ann.get("ignore", False))
     records = []
     for i, image in enumerate(images):
         where = f"{path}: image #{i}"
@@ -278,6 +293,102 @@ def _coco_records(data: object, path: Path, image_dir: Path) -> list[GcgRecord]:
             GcgRecord(str(image_id), image_dir / file_name, caption, tuple(phrases[j] for j in order), load)
         )
     return records
+
+
+def _by_image(annotations: list, path: Path, keep=lambda ann: True) -> dict[object, list[tuple[int, dict]]]:
+    by_image: dict[object, list] = {}
+    for i, ann in enumerate(annotations):
+        where = f"{path}: annotation #{i}"
+        (image_id,) = _fields(ann, where, {"image_id": object})
+        if keep(ann):
+            by_image.setdefault(_id(image_id, f"{where}: field 'image_id'"), []).append((i, ann))
+    return by_image
+
+
+def _id(value: object, where: str) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise DataError(f"{where}: should be a string or an integer id, found {reprlib.repr(value)}")
+    return value
+
+
+def mask_gt_path(caption_gt: str | Path) -> Path:
+    """The mask GT file beside a GCG evaluation caption GT file (`val_gcg_coco_mask_gt.json` for val)."""
+    caption_gt = Path(caption_gt)
+    if not caption_gt.name.endswith("_caption_gt.json"):
+        raise DataError(f"{caption_gt}: expected a GLaMM caption GT file named *_caption_gt.json")
+    return caption_gt.with_name(caption_gt.name.removesuffix("_caption_gt.json") + "_mask_gt.json")
+
+
+def read_grandf_eval(caption_gt: str | Path, mask_gt: str | Path, image_dir: str | Path) -> list[GcgRecord]:
+    """GLaMM's GCG evaluation ground truth: one record per image of the caption GT file (format `coco_gt`)."""
+    caption_gt, mask_gt, image_dir = Path(caption_gt), Path(mask_gt), Path(image_dir)
+    captions = load_plain_json(caption_gt, "GranD-f GCG caption ground truth")
+    masks = load_plain_json(mask_gt, "GranD-f GCG mask ground truth")
+    images, caption_anns = _fields(captions, str(caption_gt), {"images": list, "annotations": list})
+    mask_images, mask_anns = _fields(masks, str(mask_gt), {"images": list, "annotations": list})
+    sizes = {}
+    for i, image in enumerate(mask_images):
+        where = f"{mask_gt}: image #{i}"
+        (image_id,) = _fields(image, where, {"id": object})
+        sizes[_id(image_id, f"{where}: field 'id'")] = _entry_hw(image, where)
+    by_caption, by_mask = _by_image(caption_anns, caption_gt), _by_image(mask_anns, mask_gt)
+    records = []
+    for i, image in enumerate(images):
+        where = f"{caption_gt}: image #{i}"
+        (image_id,) = _fields(image, where, {"id": object})
+        image_id = _id(image_id, f"{where}: field 'id'")
+        file_name = str(image.get("file_name") or f"{image_id}.jpg")  # GLaMM names images by their id
+        if image_id not in by_caption:
+            raise DataError(f"{where}: image {image_id!r} has no caption in the file's 'annotations'")
+        k, ann = by_caption[image_id][0]
+        at = f"{caption_gt}: annotation #{k} (image {image_id!r})"
+        caption, labels = _fields(ann, at, {"caption": str, "labels": list})
+        spans = _label_spans(labels, caption, at)
+        rles = []
+        for m, mask_ann in by_mask.get(image_id, []):
+            mat = f"{mask_gt}: annotation #{m} (image {image_id!r})"
+            (segmentation,) = _fields(mask_ann, mat, {"segmentation": dict})
+            rles.append((mat, _rle(segmentation, f"{mat}: field 'segmentation'")))
+        if len(rles) != len(labels):
+            raise DataError(
+                f"{at}: field 'labels' has {len(labels)} phrases but {mask_gt} has {len(rles)} masks for the "
+                "image (GLaMM pairs them by position)"
+            )
+        phrases = [GcgPhrase(caption[s:e], (s, e)) for s, e in spans]
+        order = sorted(range(len(phrases)), key=lambda j: phrases[j].span)
+        hw, path = sizes.get(image_id) or _entry_hw(image, where), image_dir / file_name
+
+        def load(rles=rles, order=order, hw=hw, path=path, where=where) -> np.ndarray:
+            size = hw or (tuple(rles[0][1]["size"]) if rles else _image_hw(path, where))
+            return _stack([_decode_union([rles[j][1]], size, rles[j][0]) for j in order], size)
+
+        records.append(GcgRecord(str(image_id), path, caption, tuple(phrases[j] for j in order), load))
+    return records
+
+
+def _entry_hw(image: dict, where: str) -> tuple[int, int] | None:
+    if "height" not in image and "width" not in image:
+        return None
+    height, width = _fields(image, where, {"height": int, "width": int})
+    return height, width
+
+
+def _label_spans(labels: list, caption: str, where: str) -> list[tuple[int, int]]:
+    """Each label's span: its k-th case-insensitive occurrence in the caption for its k-th repetition."""
+    seen: dict[str, int] = {}
+    spans = []
+    for j, label in enumerate(labels):
+        if not isinstance(label, str) or not label.strip():
+            raise DataError(
+                f"{where}: field 'labels' item #{j} should be a phrase, found {reprlib.repr(label)}"
+            )
+        text = label.strip().lower()
+        found = [m.span() for m in re.finditer(re.escape(text), caption, re.IGNORECASE)]
+        if not found:
+            raise DataError(f"{where}: field 'labels' item #{j} {label!r} is not in the caption {caption!r}")
+        spans.append(found[min(seen.get(text, 0), len(found) - 1)])
+        seen[text] = seen.get(text, 0) + 1
+    return spans
 
 
 def _png_records(root: str | Path, split: str) -> list[GcgRecord]:

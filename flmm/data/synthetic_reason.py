@@ -20,6 +20,7 @@ LISA's readers ignore, for answer accuracy.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -51,7 +52,8 @@ _REL_WORDS = {"above": "above", "below": "below", "left of": "left of", "right o
 _REL_WORDS["near"] = "next to"
 
 
-def _phrase(obj) -> str:
+def answer_phrase(obj) -> str:
+    """The phrase that answers a question about `obj`: "the small green triangle"."""
     return f"the {obj.size} {obj.colour} {obj.shape}"
 
 
@@ -88,6 +90,18 @@ def questions(objs, ref: int, width: int, height: int) -> dict[str, dict]:
     if most is not None:
         found["comparison"] = {"most": f"{most} one"}
     return found
+
+
+def question_texts(objs, ref: int, width: int, height: int) -> list[str]:
+    """Every short and long question (all kinds) whose one answer is object `ref`; empty when none is."""
+    found = questions(objs, ref, width, height)
+    return [table[kind].format(**fields) for kind, fields in found.items() for table in (_SHORT, _LONG)]
+
+
+def template_texts() -> list[str]:
+    """The question templates with their fields blank, and every field word they can take."""
+    texts = [re.sub(r"\{[a-z]+\}", " ", t) for table in (_SHORT, _LONG) for t in table.values()]
+    return [*texts, *_REL_WORDS.values(), "biggest one smallest one"]
 
 
 def _polygons(mask: np.ndarray) -> list[list[list[float]]]:
@@ -142,7 +156,7 @@ def write_reasonseg(out: str | Path, seed: int, n_images: int, size: int, max_ob
             "text": [text],
             "is_sentence": is_sentence,
             "kind": kind,
-            "answer": _phrase(scene.objects[ref]),
+            "answer": answer_phrase(scene.objects[ref]),
         }
         (folder / f"{name}.json").write_text(json.dumps(record), encoding="utf-8")
         counts[split] += 1

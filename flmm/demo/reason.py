@@ -16,9 +16,6 @@ from flmm.demo.answer import GenerationSettings
 from flmm.demo.pipeline import Demo
 from flmm.engine.evaluate import PhrasePredictions
 
-# Added after the question, in the model's chat template.
-SHORT_ANSWER = "Answer with a short phrase."
-
 
 class AnswerThenGround(nn.Module):
     """Predictor `batch -> PhrasePredictions` running `Demo.run(image, query)` per query.

@@ -1,6 +1,6 @@
 """The GCG task: describe each image, pick the description's phrases, ground them, score with GLaMM's metrics.
 
-For every image of a split (`flmm.data.gcg`): the `Demo` answers `GCG_QUESTION` (greedy, `settings`);
+For every image of a split (`flmm.data.gcg`): the `Demo` answers `DESCRIBE_IN_DETAIL` (greedy, `settings`);
 the phrases are the keyword selector's choice when the model has one, else the answer's noun chunks
 (`noun_chunks`), grounded from the features recorded while the answer was generated;
 `flmm.engine.gcg_metrics` scores the split.
@@ -32,10 +32,9 @@ from flmm.demo.answer import GenerationSettings
 from flmm.demo.output import format_answer
 from flmm.demo.pipeline import Demo, DemoResult
 from flmm.engine.gcg_metrics import STOPWORDS, GcgImage, TextSimilarity, gcg_metrics, token_overlap, word_set
-from flmm.lmm.text import Span
+from flmm.lmm.text import DESCRIBE_IN_DETAIL, Span
 from flmm.masks import mask_rle
 
-GCG_QUESTION = "Describe the image in detail."
 DETERMINERS = word_set("a an the this that these those some two three four five several many each every")
 # Function words end a chunk: the text rule's stopwords and a few verbs of descriptions.
 CHUNK_BREAKS = (
@@ -82,8 +81,8 @@ def _unique_ids(records: Sequence[GcgRecord]) -> list[str]:
 def describe_and_ground(demo: Demo, image: np.ndarray, settings: GenerationSettings) -> DemoResult:
     """The Demo's description of `image` with its phrases grounded: the selector's, else noun chunks."""
     if demo.selector is not None:
-        return demo.run(image, GCG_QUESTION, settings=settings, source="selector")
-    result = demo.run(image, GCG_QUESTION, settings=settings, spans_of=noun_chunks)
+        return demo.run(image, DESCRIBE_IN_DETAIL, settings=settings, source="selector")
+    result = demo.run(image, DESCRIBE_IN_DETAIL, settings=settings, spans_of=noun_chunks)
     return replace(result, source="noun-chunks")
 
 
@@ -118,7 +117,7 @@ def run_gcg(
         "task": "gcg",
         "mode": mode,
         "checkpoint": checkpoint,
-        "question": GCG_QUESTION,
+        "question": DESCRIBE_IN_DETAIL,
         "max_new_tokens": settings.max_new_tokens,
         "splits": {},
     }

@@ -19,6 +19,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 DESCRIBE = "Please give me a description of the image."
+# The request of grounded conversation generation (GLaMM's GCG prompt).
+DESCRIBE_IN_DETAIL = "Describe the image in detail."
+# Added after a reasoning question when its answer is to be grounded (answer first, then ground).
+SHORT_ANSWER = "Answer with a short phrase."
 # LLaVA-1.5's conversation format with the description request: what llava-hf's chat template renders, and
 # the prompt the toy LLaVA was pretrained with.
 DEFAULT_PROMPT_TEMPLATE = f"USER: <image>\n{DESCRIBE} ASSISTANT:"

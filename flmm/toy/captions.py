@@ -1,12 +1,19 @@
-"""Text about synthetic scenes for pretraining the toy LMM: descriptions, referring captions and QA pairs.
+"""Text about synthetic scenes for pretraining the toy LMM: captions, QA pairs, answers and narratives.
 
 Everything here is language: an object is named by its attributes and a coarse location word, or by one of
-the synthetic world's own referring expressions (`flmm.data.synthetic_text`), never by coordinates. Three
+the synthetic world's own referring expressions (`flmm.data.synthetic_text`), never by coordinates. Five
 formats, each a `(question, answer)` pair where the answer is what the LMM learns to predict:
 
     description  "Please give me a description of the image." -> "a small red circle on the left , a ..."
     referring    "Please give me a description of the image." -> "the circle above the blue star small ..."
     qa           "what colour is the circle on the left ?"     -> "red"
+    answer       "What is left of the blue circle?"            -> "the small red triangle"
+    narrative    "Describe the image in detail."               -> "In this picture we can see a red ..."
+
+`answer` asks the synthetic ReasonSeg split's questions (`flmm.data.synthetic_reason`: an attribute, a
+relation, a comparison or a location that singles out one object, short or as an instruction) and answers
+with the object's phrase; `narrative` answers the GCG prompt with a PNG-style narrative
+(`synthetic_text.narrative`). Their words beyond the first vocabulary are `chat_corpus()`.
 
 Description and referring texts answer the grounding pipeline's own prompt, so the phrases the head later
 grounds sit in the position the LMM learned them in. Objects come in random order: a caption's first word
@@ -19,11 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flmm.data.synthetic_reason import template_texts
 from flmm.data.synthetic_scene import COLOURS, SHAPES, STUFF
 from flmm.data.synthetic_text import PLURALS, STYLES, Query, render, template_words, tokenize
-from flmm.lmm.text import DEFAULT_PROMPT_TEMPLATE
+from flmm.lmm.text import DEFAULT_PROMPT_TEMPLATE, DESCRIBE_IN_DETAIL, SHORT_ANSWER
 
-FORMATS = ("description", "referring", "qa")
+FORMATS = ("description", "referring", "qa", "answer", "narrative")
 DESCRIBE = "Please give me a description of the image."
 SIZE_NAMES = {"small": "small", "large": "large"}
 COUNT_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -38,13 +46,15 @@ WORD_KINDS = {
 
 @dataclass(frozen=True)
 class ObjectFacts:
-    """What the text may say about one object: attributes, its 3x3 location cell, its unique queries."""
+    """What the text may say about one object: attributes, its 3x3 location cell, its unique queries and
+    the questions whose one answer it is."""
 
     shape: str
     colour: str
     size: str
     where: str
     queries: tuple[Query, ...]
+    asks: tuple[str, ...] = ()
 
 
 def where_words(cx: float, cy: float, width: int, height: int) -> str:
@@ -126,11 +136,39 @@ def question(objects: list[ObjectFacts], rng: np.random.Generator) -> tuple[str,
     return f"where is {said} ?", o.where
 
 
+def answer(objects: list[ObjectFacts], rng: np.random.Generator) -> tuple[str, str] | None:
+    """A question one object answers and its phrase ("the small red triangle"); None when none does. Half
+    the questions end with the request the answer-then-ground pipeline adds (`SHORT_ANSWER`)."""
+    askable = [o for o in objects if o.asks]
+    if not askable:
+        return None
+    o = askable[int(rng.integers(len(askable)))]
+    asked = o.asks[int(rng.integers(len(o.asks)))]
+    if rng.random() < 0.5:
+        asked = f"{asked} {SHORT_ANSWER}"
+    return asked, f"the {SIZE_NAMES[o.size]} {o.colour} {o.shape}"
+
+
 def render_sample(
-    objects: list[ObjectFacts], fmt: str, rng: np.random.Generator, shuffle: float = 0.0
+    objects: list[ObjectFacts],
+    fmt: str,
+    rng: np.random.Generator,
+    shuffle: float = 0.0,
+    narrative: str | None = None,
 ) -> tuple[str, str]:
     """`(prompt, answer)` of one format; the prompt holds the image token once, like the grounding prompt.
-    `shuffle`: the description format's chance of random word order per object (see `describe`)."""
+    `shuffle`: the description format's chance of random word order per object (see `describe`);
+    `narrative`: the scene's narrative, which the narrative format answers with. A scene without a question
+    for the answer format gets a description instead."""
+    if fmt == "answer":
+        asked = answer(objects, rng)
+        if asked is not None:
+            return DEFAULT_PROMPT_TEMPLATE.replace(DESCRIBE, asked[0]), asked[1]
+        fmt = "description"
+    if fmt == "narrative":
+        if narrative is None:
+            raise ValueError("the narrative format needs the scene's narrative")
+        return DEFAULT_PROMPT_TEMPLATE.replace(DESCRIBE, DESCRIBE_IN_DETAIL), narrative
     if fmt == "description":
         return DEFAULT_PROMPT_TEMPLATE, description(objects, rng, shuffle)
     if fmt == "referring":
@@ -148,3 +186,9 @@ def corpus() -> list[str]:
     words += ["yes", "no", "what", "colour", "how", "many", "where", "or", "large", "is", ".", ",", "?"]
     words += tokenize(DESCRIBE)
     return [" ".join(words)]
+
+
+def chat_corpus() -> list[str]:
+    """Texts of the answer and narrative formats' prompts: their words beyond `corpus()` are added to a
+    pretrained toy tokenizer when those formats are learned (`flmm.toy.pretrain_lmm.extend_vocabulary`)."""
+    return [*template_texts(), DESCRIBE_IN_DETAIL, SHORT_ANSWER]

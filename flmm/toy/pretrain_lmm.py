@@ -5,12 +5,15 @@ makes it (word-level tokenizer trained here on the toy vocabulary, `LlavaProcess
 at the end load offline with `from_pretrained` like a hub checkpoint and go through the same adapter as
 llava-hf models. Vision tower, projector and decoder all learn; the loss is the cross-entropy of the answer
 tokens (plus `</s>`) given the image and the prompt. Nothing spatial is ever a target: no masks, no boxes,
-no coordinates, only words.
+no coordinates, only words. A recipe with `init` goes on from a pretrained toy LLaVA (the embedded default's
+second stage, `configs/toy_lmm_chat.yaml`: questions, answers and narratives beside the captions), adding
+the words its tokenizer lacks as new tokens, as LISA adds `[SEG]`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -18,16 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import AddedToken
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from flmm.data.transforms import LlavaPadTransform
+from flmm.errors import ConfigError
 from flmm.lmm.tiny import IMAGE_TOKEN, build_tiny_llava
-from flmm.toy.captions import FORMATS, WORD_KINDS, corpus, render_sample
+from flmm.toy.captions import FORMATS, WORD_KINDS, chat_corpus, corpus, render_sample
 from flmm.toy.optimize import run_steps
 from flmm.toy.recipe import LmmRecipe, world_config
 from flmm.toy.world import LmmPool, lmm_pool
 
 REPORT_FILE = "pretrain_report.json"
+# The report of the model a recipe's `init` went on from, kept beside the new one (the first stage's recipe).
+INIT_REPORT_FILE = "pretrain_report.init.json"
 
 
 def image_transform(processor: LlavaProcessor, side: int) -> LlavaPadTransform:
@@ -72,7 +79,10 @@ def draw_batch(
         if fmt
         else [names[k] for k in rng.choice(len(names), len(index), p=weights / weights.sum())]
     )
-    samples = [render_sample(pool.objects[i], f, rng, recipe.shuffle) for i, f in zip(index, chosen)]
+    samples = [
+        render_sample(pool.objects[i], f, rng, recipe.shuffle, pool.narratives[i])
+        for i, f in zip(index, chosen)
+    ]
     return pool.pixel_values[torch.from_numpy(index)].float(), samples
 
 
@@ -88,8 +98,10 @@ def token_loss(model, pixel_values: torch.Tensor, batch: dict) -> tuple[torch.Te
 
 @torch.no_grad()
 def evaluate(model, processor, pool: LmmPool, recipe: LmmRecipe, num_image_tokens: int) -> dict:
-    """Held-out loss per format and next-token accuracy per word kind of the description answers (None for
-    a kind that never occurs)."""
+    """Held-out loss per format, next-token accuracy per word kind of the description answers (None for
+    a kind that never occurs) and the answer format's exact-match accuracy: the share of questions whose
+    every answer token (and `</s>`) is the argmax given the ones before, i.e. whose greedy answer is the
+    object's phrase word for word."""
     model.eval()
     kind_of = {
         processor.tokenizer.convert_tokens_to_ids(word): kind
@@ -97,20 +109,26 @@ def evaluate(model, processor, pool: LmmPool, recipe: LmmRecipe, num_image_token
         for word in words
     }
     hits = {kind: [0, 0] for kind in [*WORD_KINDS, "all"]}
+    answered = [0, 0]
     losses = {}
     for fmt in FORMATS:
         rng = np.random.default_rng([recipe.seed, 31, FORMATS.index(fmt)])
         total, count = 0.0, 0
         for start in range(0, len(pool), recipe.batch_size):
             index = torch.arange(start, min(start + recipe.batch_size, len(pool)))
-            samples = [render_sample(pool.objects[int(i)], fmt, rng) for i in index]
+            samples = [
+                render_sample(pool.objects[int(i)], fmt, rng, 0.0, pool.narratives[int(i)]) for i in index
+            ]
             batch = encode_batch(processor, samples, num_image_tokens)
             loss, logits = token_loss(model, pool.pixel_values[index].float(), batch)
             total, count = total + float(loss) * len(index), count + len(index)
-            if fmt != "description":
-                continue
             targets, predicted = batch["labels"][:, 1:], logits[:, :-1].argmax(-1)
             labelled = targets != -100
+            if fmt == "answer":
+                answered[0] += int(((predicted == targets) | ~labelled).all(dim=1).sum())
+                answered[1] += len(index)
+            if fmt != "description":
+                continue
             hits["all"][0] += int((predicted == targets)[labelled].sum())
             hits["all"][1] += int(labelled.sum())
             for token, kind in kind_of.items():
@@ -120,7 +138,22 @@ def evaluate(model, processor, pool: LmmPool, recipe: LmmRecipe, num_image_token
         losses[fmt] = total / max(1, count)
     model.train()
     accuracy = {kind: (h / n if n else None) for kind, (h, n) in hits.items()}
-    return {"loss": losses, "accuracy": accuracy}
+    return {"loss": losses, "accuracy": accuracy, "answer_exact_match": answered[0] / max(1, answered[1])}
+
+
+def extend_vocabulary(model, tokenizer, texts: list[str]) -> list[str]:
+    """Add the words of `texts` that `tokenizer` lacks as tokens and give `model` their embedding
+    rows (transformers' mean-resizing: the mean of the old rows); returns the words added, sorted."""
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    normalize = tokenizer.backend_tokenizer.normalizer.normalize_str
+    vocab = tokenizer.get_vocab()
+    words = sorted({w for text in texts for w, _ in pre.pre_tokenize_str(normalize(text))} - set(vocab))
+    if words:
+        # Words match only as whole words ("out" never inside "outside"); punctuation matches anywhere.
+        tokens = [AddedToken(w, single_word=w.isalnum(), normalized=True) for w in words]
+        tokenizer.add_tokens(tokens)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return words
 
 
 def train(model, processor, pool: LmmPool, recipe: LmmRecipe, progress: bool) -> list[tuple[int, float]]:
@@ -145,15 +178,35 @@ def pretrain_lmm(
 ) -> dict:
     """Build the tiny LLaVA in `out_dir`, pretrain it `recipe.steps` steps, save it there; return the report.
 
-    The report (also written to `out_dir/pretrain_report.json`) holds the recipe, the loss curve and the
-    held-out loss per format and token accuracy per word kind. With 0 steps the random initial weights are
-    saved as built and nothing is evaluated (`held_out` is None).
+    The report (also written to `out_dir/pretrain_report.json`) holds the recipe, the loss curve, the
+    held-out loss per format, token accuracy per word kind and answer exact-match, and the words added to
+    an `init` model's tokenizer (whose own report is copied to `out_dir/pretrain_report.init.json`). With 0
+    steps the random initial weights are saved as built and nothing is evaluated (`held_out` is None).
     """
-    out = build_tiny_llava(out_dir, seed=recipe.seed, config=recipe.sizes, corpus=corpus())
-    report = {"recipe": asdict(recipe), "loss_curve": [], "held_out": None}
+    report = {"recipe": asdict(recipe), "loss_curve": [], "held_out": None, "added_words": []}
+    if recipe.init is None:
+        out = build_tiny_llava(out_dir, seed=recipe.seed, config=recipe.sizes, corpus=corpus())
+    else:
+        init = Path(recipe.init)
+        if not (init / "config.json").is_file():
+            raise ConfigError(
+                f"recipe init: no toy LLaVA folder at {init} (build it with its own recipe first)"
+            )
+        if not recipe.steps:
+            raise ConfigError("recipe init: steps must be >= 1 to go on training (0 would only copy it)")
+        out = Path(out_dir)
+        if out.resolve() == init.resolve():
+            raise ConfigError(f"recipe init {init} is also the output folder; save to another folder")
     if recipe.steps:
-        model = LlavaForConditionalGeneration.from_pretrained(out, local_files_only=True)
-        processor = LlavaProcessor.from_pretrained(out, local_files_only=True)
+        source = out if recipe.init is None else init
+        model = LlavaForConditionalGeneration.from_pretrained(source, local_files_only=True)
+        processor = LlavaProcessor.from_pretrained(source, local_files_only=True)
+        if recipe.init is not None:
+            report["added_words"] = extend_vocabulary(model, processor.tokenizer, chat_corpus())
+            log(f"continuing from {init}; new tokens: {' '.join(report['added_words']) or 'none'}")
+            processor.save_pretrained(out)
+            if (init / REPORT_FILE).is_file():
+                shutil.copyfile(init / REPORT_FILE, out / INIT_REPORT_FILE)
         vision = model.config.vision_config
         transform = image_transform(processor, vision.image_size)
         world = world_config(recipe)

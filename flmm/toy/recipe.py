@@ -29,12 +29,15 @@ def _world() -> dict[str, Any]:
 class LmmRecipe:
     """Tiny LLaVA: sizes (merged over `flmm.lmm.tiny.TINY_LLAVA_DEFAULTS`) and next-token pretraining.
 
-    `formats` weighs the text formats of `flmm.toy.captions` (description / referring / qa), `shuffle` is
-    the description format's chance of random word order per object; `steps: 0` saves the random initial
-    weights (the control).
+    `formats` weighs the text formats of `flmm.toy.captions` (description / referring / qa / answer /
+    narrative), `shuffle` is the description format's chance of random word order per object; `steps: 0`
+    saves the random initial weights (the control). `init`: a toy LLaVA folder to go on training from (its
+    sizes, weights and tokenizer, which gains the words of `captions.chat_corpus()` it lacks) instead of
+    building one; `sizes` is then unused.
     """
 
     seed: int = 0
+    init: str | None = None
     sizes: dict[str, Any] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=_world)
     scenes: int = 3000

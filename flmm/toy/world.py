@@ -3,7 +3,8 @@
 Scenes are drawn like the world's RefCOCO train images (`flmm.data.synthetic.sample_scene`) from a seed
 stream of their own, without the held-out (colour, shape) pairs, so no val/test image or held-out pair is
 ever seen in pretraining. `lmm_pool` keeps what the LMM may learn from: its input image and the language
-facts of every object (attributes, a coarse location word, unique referring queries). `sam_pool` keeps the
+facts of every object (attributes, a coarse location word, unique referring queries, the reasoning questions
+it answers) with one narrative of the scene. `sam_pool` keeps the
 images and visible object masks, for SAM's promptable objective.
 """
 
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from flmm.data.synthetic import SyntheticConfig, sample_scene, train_pairs
+from flmm.data.synthetic_reason import question_texts
 from flmm.data.synthetic_scene import Scene
-from flmm.data.synthetic_text import unique_queries
+from flmm.data.synthetic_text import narrative, unique_queries
 from flmm.toy.captions import ObjectFacts, where_words
 
 # Seed-stream tags: pretraining scenes never share a random stream with the world's images (tags 0-4).
@@ -26,10 +28,12 @@ STREAMS = {"lmm": 11, "lmm_eval": 12, "sam": 13, "sam_eval": 14}
 
 @dataclass
 class LmmPool:
-    """N scenes for the LMM: `pixel_values (N, 3, s, s)` float16 (LLaVA pad-mode inputs) and their facts."""
+    """N scenes for the LMM: `pixel_values (N, 3, s, s)` float16 (LLaVA pad-mode inputs), their objects'
+    facts and one PNG-style narrative each."""
 
     pixel_values: torch.Tensor
     objects: list[list[ObjectFacts]]
+    narratives: list[str]
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -62,9 +66,18 @@ def object_facts(scene: Scene) -> list[ObjectFacts]:
             o.size,
             where_words(o.cx, o.cy, w, h),
             tuple(unique_queries(k, scene.objects, w, h)),
+            tuple(question_texts(scene.objects, k, w, h)),
         )
         for k, o in enumerate(scene.objects)
     ]
+
+
+def scene_narrative(scene: Scene, rng: np.random.Generator) -> str:
+    """A PNG-style narrative of `scene`, written as the world writes its PNG captions."""
+    h, w = scene.image.shape[:2]
+    things = np.any([o.mask for o in scene.objects], axis=0) if scene.objects else np.zeros((h, w), bool)
+    stuff = {p: (word, 0) for p, (word, region) in scene.stuff.items() if (region & ~things).any()}
+    return narrative(0, [(o, 1) for o in scene.objects], stuff, w, h, rng)["caption"]
 
 
 def lmm_pool(
@@ -73,7 +86,10 @@ def lmm_pool(
     """Scenes turned into the LMM's inputs by `transform` (the grounding pipeline's own image transform)."""
     drawn = scenes(world, n, seed, stream)
     pixels = torch.stack([transform(s.image)["pixel_values"] for s in drawn]).half()
-    return LmmPool(pixels, [object_facts(s) for s in drawn])
+    said = [
+        scene_narrative(s, np.random.default_rng([seed, STREAMS[stream], i, 1])) for i, s in enumerate(drawn)
+    ]
+    return LmmPool(pixels, [object_facts(s) for s in drawn], said)
 
 
 def sam_pool(world: SyntheticConfig, n: int, seed: int, stream: str) -> SamPool:
