@@ -138,7 +138,8 @@ def test_config_json_records_the_head_and_the_weights_it_needs(head: Path, toy_w
     assert meta["weights_sha256"] == _sha256(head / "model.safetensors")
     model = meta["config"]["model"]
     assert model["mask_head"] == {"type": "UNetMaskHead", "channels": [8, 16, 32, 64], "size": 32}
-    assert model["refiner"]["checkpoint"] == str(toy_world.sam) and model["selector"] is None
+    assert model["refiner"]["checkpoint"] == str(toy_world.sam)
+    assert model["selector"] == {"type": "KeywordSelector", "width": 128}  # the embedded default trains one
     assert meta["trained"]["global_step"] == 3
 
 
