@@ -213,12 +213,15 @@ def test_bad_input_is_one_clear_error(checkpoint, image_path, tmp_path, capsys):
     assert f"cannot write the outputs to --out {occupied}" in capsys.readouterr().err
 
 
-def test_test_py_reports_selector_token_f1_and_reasonseg(checkpoint, world, tmp_path):
+def test_test_py_reports_selector_token_f1_and_reasonseg(checkpoint, world, tmp_path, capsys):
     write_reasonseg(world.data_root)
     out = tmp_path / "eval"
     splits = ["--splits", "png:val2017,reasonseg:val", "--protocol", "first-sentence-concat"]
     argv = ["--ckpt", str(checkpoint), *splits, "--out", str(out), "--overlays", "1"]
     assert load_tool("test").main([*argv, "data.num_workers=0", "train.progress_bar=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "- png:val2017 (narrative): selector_token_F1 " in printed
+    assert "- reasonseg:val (first-sentence-concat): cIoU_short " in printed
     results = json.loads((out / "results.json").read_text())
     assert results["mode"] == "trained-head"
     metrics = results["splits"]["png:val2017"]["narrative"]

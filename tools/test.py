@@ -61,6 +61,7 @@ from flmm.engine.evaluate import (
 )
 from flmm.engine.gcg import format_gcg_results, run_gcg
 from flmm.engine.metrics import format_results_table
+from flmm.engine.report import extra_metrics_lines
 from flmm.errors import FlmmError
 from flmm.lmm.text import SHORT_ANSWER
 
@@ -183,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if results is not None:
         gcg = results.get("task") == "gcg"
-        print(format_gcg_results(results) if gcg else format_results_table(results["splits"]))
+        if gcg:
+            print(format_gcg_results(results))
+        else:
+            # The tables, then the per-group (short / long queries) and keyword-selector metrics.
+            print("\n".join([format_results_table(results["splits"]), *extra_metrics_lines(results)]))
         print(f"results in {out} (results.md, results.json)")
         if args.overlays > 0 and not gcg:
             print(f"overlays of the best and worst queries in {out / 'overlays'}")

@@ -101,7 +101,7 @@ def evaluate(model, processor, pool: LmmPool, recipe: LmmRecipe, num_image_token
     """Held-out loss per format, next-token accuracy per word kind of the description answers (None for
     a kind that never occurs) and the answer format's exact-match accuracy: the share of questions whose
     every answer token (and `</s>`) is the argmax given the ones before, i.e. whose greedy answer is the
-    object's phrase word for word."""
+    object's phrase word for word (a scene without a question counts with its description instead)."""
     model.eval()
     kind_of = {
         processor.tokenizer.convert_tokens_to_ids(word): kind

@@ -86,10 +86,10 @@ def lmm_pool(
     """Scenes turned into the LMM's inputs by `transform` (the grounding pipeline's own image transform)."""
     drawn = scenes(world, n, seed, stream)
     pixels = torch.stack([transform(s.image)["pixel_values"] for s in drawn]).half()
-    said = [
+    narratives = [
         scene_narrative(s, np.random.default_rng([seed, STREAMS[stream], i, 1])) for i, s in enumerate(drawn)
     ]
-    return LmmPool(pixels, [object_facts(s) for s in drawn], said)
+    return LmmPool(pixels, [object_facts(s) for s in drawn], narratives)
 
 
 def sam_pool(world: SyntheticConfig, n: int, seed: int, stream: str) -> SamPool:
