@@ -39,9 +39,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
+from flmm.data.annotation_fields import (
+    caption_span,
+    checked_id,
+    checked_rle,
+    decode_union,
+    group_by_image,
+    image_hw,
+    stack_masks,
+    typed_fields,
+)
 from flmm.data.png import PNG_SPLITS, load_png_split, phrase_masks
 from flmm.data.safe_pickle import load_plain_json
 from flmm.errors import DataError
@@ -140,108 +149,41 @@ def read_gcg_file(path: str | Path, image_dir: str | Path, kind: str) -> list[Gc
     return [reader(record, f"{path}: record #{i}", image_dir) for i, record in enumerate(data)]
 
 
-def _fields(record: object, where: str, types: dict[str, type]) -> list:
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: should be an object, found {type(record).__name__} {reprlib.repr(record)}")
-    values = []
-    for key, kind in types.items():
-        if key not in record:
-            raise DataError(f"{where}: field {key!r} is missing")
-        if not isinstance(record[key], kind) or isinstance(record[key], bool):
-            raise DataError(
-                f"{where}: field {key!r} should be {kind.__name__}, found {reprlib.repr(record[key])}"
-            )
-        values.append(record[key])
-    return values
-
-
-def _span(value: object, caption: str, where: str) -> tuple[int, int]:
-    ok = (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    )
-    if not ok or not 0 <= value[0] < value[1] <= len(caption):
-        raise DataError(
-            f"{where}: should be [start, end] with 0 <= start < end <= {len(caption)} (the caption's "
-            f"length), found {reprlib.repr(value)}"
-        )
-    return int(value[0]), int(value[1])
-
-
-def _rle(value: object, where: str) -> dict:
-    """A COCO RLE ready for `mask_utils.decode` (compressed, counts as bytes)."""
-    if not isinstance(value, dict) or "counts" not in value or "size" not in value:
-        raise DataError(
-            f"{where}: should be a COCO RLE {{'size': [H, W], 'counts': ...}}, found {reprlib.repr(value)}"
-        )
-    size, counts = value["size"], value["counts"]
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise DataError(f"{where}: field 'size' should be [H, W], found {reprlib.repr(size)}")
-    if isinstance(counts, list):
-        return mask_utils.frPyObjects(value, *size)
-    if not isinstance(counts, str | bytes):
-        raise DataError(f"{where}: field 'counts' should be a string or a list, found {reprlib.repr(counts)}")
-    return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def _decode_union(rles: list[dict], hw: tuple[int, int], where: str) -> np.ndarray:
-    mask = np.zeros(hw, dtype=bool)
-    for rle in rles:
-        if tuple(rle["size"]) != hw:
-            raise DataError(f"{where}: RLE of size {rle['size']} in an image of size {list(hw)}")
-        try:
-            mask |= mask_utils.decode(rle).astype(bool)
-        except (ValueError, TypeError) as exc:
-            raise DataError(f"{where}: the RLE cannot be decoded ({exc})") from None
-    return mask
-
-
-def _stack(masks: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
-    return np.stack(masks) if masks else np.zeros((0, *hw), dtype=bool)
-
-
 def _groundings_record(record: object, where: str, image_dir: Path) -> GcgRecord:
-    file_name, caption, groundings = _fields(
+    file_name, caption, groundings = typed_fields(
         record, where, {"file_name": str, "caption": str, "groundings": dict}
     )
     caption = caption.strip('"').strip()  # GLaMM strips the quotes some captions carry
     phrases, rles = [], []
     for text, grounding in groundings.items():
         at = f"{where}: grounding {text!r}"
-        positives, masks = _fields(grounding, at, {"token_positives": list, "rle_masks": list})
-        span = _span(positives, caption, f"{at}: field 'token_positives'")
+        positives, masks = typed_fields(grounding, at, {"token_positives": list, "rle_masks": list})
+        span = caption_span(positives, caption, f"{at}: field 'token_positives'")
         if not masks:
             raise DataError(f"{at}: field 'rle_masks' is empty")
-        rles.append([_rle(m, f"{at}: field 'rle_masks'") for m in masks])
+        rles.append([checked_rle(m, f"{at}: field 'rle_masks'") for m in masks])
         phrases.append(GcgPhrase(caption[span[0] : span[1]], span))
     order = sorted(range(len(phrases)), key=lambda i: phrases[i].span)
 
     def load() -> np.ndarray:
-        hw = tuple(rles[0][0]["size"]) if rles else _image_hw(image_dir / file_name, where)
-        return _stack(
-            [_decode_union(rles[i], hw, f"{where}: grounding {phrases[i].text!r}") for i in order], hw
+        hw = tuple(rles[0][0]["size"]) if rles else image_hw(image_dir / file_name, where)
+        return stack_masks(
+            [decode_union(rles[i], hw, f"{where}: grounding {phrases[i].text!r}") for i in order], hw
         )
 
     stem = Path(file_name).stem
     return GcgRecord(stem, image_dir / file_name, caption, tuple(phrases[i] for i in order), load)
 
 
-def _image_hw(path: Path, where: str) -> tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except OSError as exc:
-        raise DataError(f"{where}: cannot read the image {path} ({exc})") from None
-
-
 def _refs_record(record: object, where: str, image_dir: Path) -> GcgRecord:
-    file_name, caption, refs = _fields(record, where, {"img_file_name": str, "caption": str, "refs": list})
+    file_name, caption, refs = typed_fields(
+        record, where, {"img_file_name": str, "caption": str, "refs": list}
+    )
     caption = caption.strip('"').strip().lower()  # GLaMM matches the refs in the lower-cased caption
     found = []
     for k, ref in enumerate(refs):
         at = f"{where}: ref #{k}"
-        sentence, polygons = _fields(ref, at, {"sentence": str, "segmentation": list})
+        sentence, polygons = typed_fields(ref, at, {"sentence": str, "segmentation": list})
         start = caption.find(sentence.lower()) if sentence.strip() else -1
         if start < 0:
             continue  # GLaMM leaves out the refs that are not in the caption
@@ -255,60 +197,44 @@ def _refs_record(record: object, where: str, image_dir: Path) -> GcgRecord:
     path = image_dir / file_name
 
     def load() -> np.ndarray:
-        hw = _image_hw(path, where)
+        hw = image_hw(path, where)
         masks = []
         for _, _, polygons in found:
             rle = mask_utils.merge(mask_utils.frPyObjects(polygons, *hw))
             masks.append(mask_utils.decode(rle).astype(bool))
-        return _stack(masks, hw)
+        return stack_masks(masks, hw)
 
     return GcgRecord(Path(file_name).stem, path, caption, tuple(p for _, p, _ in found), load)
 
 
 def _coco_records(data: object, path: Path, image_dir: Path) -> list[GcgRecord]:
-    images, annotations = _fields(data, str(path), {"images": list, "annotations": list})
-    by_image = _by_image(annotations, path, keep=lambda ann: not ann.get("ignore", False))
+    images, annotations = typed_fields(data, str(path), {"images": list, "annotations": list})
+    by_image = group_by_image(annotations, path, keep=lambda ann: not ann.get("ignore", False))
     records = []
     for i, image in enumerate(images):
         where = f"{path}: image #{i}"
-        image_id, file_name, caption, height, width = _fields(
+        image_id, file_name, caption, height, width = typed_fields(
             image, where, {"id": object, "file_name": str, "caption": str, "height": int, "width": int}
         )
         hw = (height, width)
         phrases, rles = [], []
         for k, ann in by_image.get(image_id, []):
             at = f"{path}: annotation #{k} (image {image_id})"
-            positives, sam_mask = _fields(ann, at, {"tokens_positive": list, "sam_mask": dict})
+            positives, sam_mask = typed_fields(ann, at, {"tokens_positive": list, "sam_mask": dict})
             if not positives:
                 raise DataError(f"{at}: field 'tokens_positive' is empty")
-            span = _span(positives[0], caption, f"{at}: field 'tokens_positive'")
-            rles.append((at, _rle(sam_mask, f"{at}: field 'sam_mask'")))
+            span = caption_span(positives[0], caption, f"{at}: field 'tokens_positive'")
+            rles.append((at, checked_rle(sam_mask, f"{at}: field 'sam_mask'")))
             phrases.append(GcgPhrase(caption[span[0] : span[1]], span))
         order = sorted(range(len(phrases)), key=lambda j: phrases[j].span)
 
         def load(rles=rles, order=order, hw=hw) -> np.ndarray:
-            return _stack([_decode_union([rles[j][1]], hw, rles[j][0]) for j in order], hw)
+            return stack_masks([decode_union([rles[j][1]], hw, rles[j][0]) for j in order], hw)
 
         records.append(
             GcgRecord(str(image_id), image_dir / file_name, caption, tuple(phrases[j] for j in order), load)
         )
     return records
-
-
-def _by_image(annotations: list, path: Path, keep=lambda ann: True) -> dict[object, list[tuple[int, dict]]]:
-    by_image: dict[object, list] = {}
-    for i, ann in enumerate(annotations):
-        where = f"{path}: annotation #{i}"
-        (image_id,) = _fields(ann, where, {"image_id": object})
-        if keep(ann):
-            by_image.setdefault(_id(image_id, f"{where}: field 'image_id'"), []).append((i, ann))
-    return by_image
-
-
-def _id(value: object, where: str) -> str | int:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise DataError(f"{where}: should be a string or an integer id, found {reprlib.repr(value)}")
-    return value
 
 
 def mask_gt_path(caption_gt: str | Path) -> Path:
@@ -324,31 +250,31 @@ def read_grandf_eval(caption_gt: str | Path, mask_gt: str | Path, image_dir: str
     caption_gt, mask_gt, image_dir = Path(caption_gt), Path(mask_gt), Path(image_dir)
     captions = load_plain_json(caption_gt, "GranD-f GCG caption ground truth")
     masks = load_plain_json(mask_gt, "GranD-f GCG mask ground truth")
-    images, caption_anns = _fields(captions, str(caption_gt), {"images": list, "annotations": list})
-    mask_images, mask_anns = _fields(masks, str(mask_gt), {"images": list, "annotations": list})
+    images, caption_anns = typed_fields(captions, str(caption_gt), {"images": list, "annotations": list})
+    mask_images, mask_anns = typed_fields(masks, str(mask_gt), {"images": list, "annotations": list})
     sizes = {}
     for i, image in enumerate(mask_images):
         where = f"{mask_gt}: image #{i}"
-        (image_id,) = _fields(image, where, {"id": object})
-        sizes[_id(image_id, f"{where}: field 'id'")] = _entry_hw(image, where)
-    by_caption, by_mask = _by_image(caption_anns, caption_gt), _by_image(mask_anns, mask_gt)
+        (image_id,) = typed_fields(image, where, {"id": object})
+        sizes[checked_id(image_id, f"{where}: field 'id'")] = _entry_hw(image, where)
+    by_caption, by_mask = group_by_image(caption_anns, caption_gt), group_by_image(mask_anns, mask_gt)
     records = []
     for i, image in enumerate(images):
         where = f"{caption_gt}: image #{i}"
-        (image_id,) = _fields(image, where, {"id": object})
-        image_id = _id(image_id, f"{where}: field 'id'")
+        (image_id,) = typed_fields(image, where, {"id": object})
+        image_id = checked_id(image_id, f"{where}: field 'id'")
         file_name = str(image.get("file_name") or f"{image_id}.jpg")  # GLaMM names images by their id
         if image_id not in by_caption:
             raise DataError(f"{where}: image {image_id!r} has no caption in the file's 'annotations'")
         k, ann = by_caption[image_id][0]
         at = f"{caption_gt}: annotation #{k} (image {image_id!r})"
-        caption, labels = _fields(ann, at, {"caption": str, "labels": list})
+        caption, labels = typed_fields(ann, at, {"caption": str, "labels": list})
         spans = _label_spans(labels, caption, at)
         rles = []
         for m, mask_ann in by_mask.get(image_id, []):
             mat = f"{mask_gt}: annotation #{m} (image {image_id!r})"
-            (segmentation,) = _fields(mask_ann, mat, {"segmentation": dict})
-            rles.append((mat, _rle(segmentation, f"{mat}: field 'segmentation'")))
+            (segmentation,) = typed_fields(mask_ann, mat, {"segmentation": dict})
+            rles.append((mat, checked_rle(segmentation, f"{mat}: field 'segmentation'")))
         if len(rles) != len(labels):
             raise DataError(
                 f"{at}: field 'labels' has {len(labels)} phrases but {mask_gt} has {len(rles)} masks for the "
@@ -359,8 +285,8 @@ def read_grandf_eval(caption_gt: str | Path, mask_gt: str | Path, image_dir: str
         hw, path = sizes.get(image_id) or _entry_hw(image, where), image_dir / file_name
 
         def load(rles=rles, order=order, hw=hw, path=path, where=where) -> np.ndarray:
-            size = hw or (tuple(rles[0][1]["size"]) if rles else _image_hw(path, where))
-            return _stack([_decode_union([rles[j][1]], size, rles[j][0]) for j in order], size)
+            size = hw or (tuple(rles[0][1]["size"]) if rles else image_hw(path, where))
+            return stack_masks([decode_union([rles[j][1]], size, rles[j][0]) for j in order], size)
 
         records.append(GcgRecord(str(image_id), path, caption, tuple(phrases[j] for j in order), load))
     return records
@@ -369,7 +295,7 @@ def read_grandf_eval(caption_gt: str | Path, mask_gt: str | Path, image_dir: str
 def _entry_hw(image: dict, where: str) -> tuple[int, int] | None:
     if "height" not in image and "width" not in image:
         return None
-    height, width = _fields(image, where, {"height": int, "width": int})
+    height, width = typed_fields(image, where, {"height": int, "width": int})
     return height, width
 
 
