@@ -110,7 +110,7 @@ def test_shipped_toy_models_are_what_their_recipes_make(tmp_path: Path):
     )
     model = LlavaForConditionalGeneration.from_pretrained(built, local_files_only=True)
     processor = LlavaProcessor.from_pretrained(built, local_files_only=True)
-    extend_vocabulary(model, processor.tokenizer, chat_corpus())
+    extend_vocabulary(model, processor.tokenizer, chat_corpus(), chat_recipe.seed)
     fresh = tmp_path / "fresh"
     processor.save_pretrained(fresh)
     model.save_pretrained(fresh)

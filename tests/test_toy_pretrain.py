@@ -219,6 +219,13 @@ def test_second_stage_refuses_a_bad_init(pretrained: Path, tmp_path: Path, capsy
     assert message in capsys.readouterr().err
 
 
+def test_second_stage_is_deterministic(pretrained: Path, second_stage: Path, tmp_path: Path):
+    """Its new embedding rows are seeded random draws: the same command gives the same bytes."""
+    argv = ["--out", str(tmp_path), "--config", str(REPO_ROOT / "configs" / "toy_lmm_chat.yaml"), "--quiet"]
+    assert load_tool("pretrain_toy_lmm").main([*argv, "--steps", "3", *TINY, f"init={pretrained}"]) == 0
+    assert (tmp_path / "model.safetensors").read_bytes() == (second_stage / "model.safetensors").read_bytes()
+
+
 def test_second_stage_refuses_to_overwrite_its_init(pretrained: Path, capsys):
     argv = ["--out", str(pretrained), "--config", str(REPO_ROOT / "configs" / "toy_lmm_chat.yaml")]
     assert load_tool("pretrain_toy_lmm").main([*argv, "--quiet", f"init={pretrained}"]) == 2

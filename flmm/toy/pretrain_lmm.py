@@ -141,9 +141,10 @@ def evaluate(model, processor, pool: LmmPool, recipe: LmmRecipe, num_image_token
     return {"loss": losses, "accuracy": accuracy, "answer_exact_match": answered[0] / max(1, answered[1])}
 
 
-def extend_vocabulary(model, tokenizer, texts: list[str]) -> list[str]:
-    """Add the words of `texts` that `tokenizer` lacks as tokens and give `model` their embedding
-    rows (transformers' mean-resizing: the mean of the old rows); returns the words added, sorted."""
+def extend_vocabulary(model, tokenizer, texts: list[str], seed: int = 0) -> list[str]:
+    """Add the words of `texts` that `tokenizer` lacks as tokens and give `model` their embedding rows
+    (transformers' mean-resizing: drawn around the mean of the old rows, from a generator seeded with
+    `seed`); returns the words added, sorted."""
     pre = tokenizer.backend_tokenizer.pre_tokenizer
     normalize = tokenizer.backend_tokenizer.normalizer.normalize_str
     vocab = tokenizer.get_vocab()
@@ -152,7 +153,10 @@ def extend_vocabulary(model, tokenizer, texts: list[str]) -> list[str]:
         # Words match only as whole words ("out" never inside "outside"); punctuation matches anywhere.
         tokens = [AddedToken(w, single_word=w.isalnum(), normalized=True) for w in words]
         tokenizer.add_tokens(tokens)
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        # The new rows are random draws: seeded, so that a second stage comes out the same every time.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     return words
 
 
@@ -202,7 +206,7 @@ def pretrain_lmm(
         model = LlavaForConditionalGeneration.from_pretrained(source, local_files_only=True)
         processor = LlavaProcessor.from_pretrained(source, local_files_only=True)
         if recipe.init is not None:
-            report["added_words"] = extend_vocabulary(model, processor.tokenizer, chat_corpus())
+            report["added_words"] = extend_vocabulary(model, processor.tokenizer, chat_corpus(), recipe.seed)
             log(f"continuing from {init}; new tokens: {' '.join(report['added_words']) or 'none'}")
             processor.save_pretrained(out)
             if (init / REPORT_FILE).is_file():
