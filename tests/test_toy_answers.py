@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from flmm.data.image_io import load_rgb
+from flmm.data.reasonseg import parse_reasonseg_json, reasonseg_masks
 from flmm.data.synthetic_reason import write_reasonseg
 from flmm.demo.answer import GenerationSettings, generate_answer
 from flmm.demo.pipeline import Demo
@@ -67,11 +67,10 @@ def test_narrates_an_unseen_scene_when_asked_to_describe_it(adapter, questions):
     assert narrative.startswith(("in this picture", "in this image", "here we can see", "this picture shows"))
 
 
-def _target(record: dict) -> np.ndarray:
-    mask = np.zeros((record["imageHeight"], record["imageWidth"]), np.uint8)
-    for shape in record["shapes"]:
-        cv2.fillPoly(mask, [np.array(shape["points"], np.int32)], 1)
-    return mask.astype(bool)
+def _target(image: Path, record: dict) -> np.ndarray:
+    """The query's mask as the ReasonSeg reader draws it for evaluation."""
+    parsed = parse_reasonseg_json(image.with_suffix(".json"))
+    return reasonseg_masks(parsed.shapes, record["imageHeight"], record["imageWidth"])[0]
 
 
 def test_the_demo_answers_unseen_questions_with_the_right_object_and_its_mask(questions):
@@ -79,7 +78,7 @@ def test_the_demo_answers_unseen_questions_with_the_right_object_and_its_mask(qu
     grounded = []
     for image, record in questions:
         result = demo.run(load_rgb(image), record["text"][0], settings=GREEDY, source="answer")
-        target = _target(record)
+        target = _target(image, record)
         mask = result.phrases[0].mask if result.phrases else np.zeros_like(target)
         iou = (mask & target).sum() / max(1, (mask | target).sum())
         grounded.append(result.answer == record["answer"] and iou > 0.5)

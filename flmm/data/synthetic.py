@@ -236,7 +236,7 @@ def _write_png(out: Path, config: SyntheticConfig, holdout: list) -> dict[str, i
         _save_image(out / "coco" / folder / f"{stem}.jpg", scene.image, "JPEG")
         ids = (rng.choice(2**24 - 1, 2 + len(scene.objects), replace=False) + 1).tolist()  # like COCO
         id_map, infos = np.zeros((h, w), np.int64), []
-        things = np.any([o.mask for o in scene.objects], axis=0) if scene.objects else np.zeros((h, w), bool)
+        things = scene.things_mask()
         regions = [(scene.stuff[p][1] & ~things, STUFF[scene.stuff[p][0]][0]) for p in ("top", "bottom")]
         regions += [(o.mask, SHAPES.index(o.shape) + 1) for o in scene.objects]
         for sid, (mask, cat) in zip(ids, regions):

@@ -65,6 +65,12 @@ class Scene:
     objects: list[SceneObject]
     stuff: dict[str, tuple[str, np.ndarray]]
 
+    def things_mask(self) -> np.ndarray:
+        """`(H, W)` bool: the pixels some object covers."""
+        if not self.objects:
+            return np.zeros(self.image.shape[:2], dtype=bool)
+        return np.any([o.mask for o in self.objects], axis=0)
+
 
 # shape: (vertex angles in turns clockwise from "up", radii in units of r); the diamond never tilts
 _E = float(np.arctan(0.3) / (2 * np.pi))  # half-width of a cross arm, as an angle at the arm's tip

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flmm.data.synthetic_reason import template_texts
+from flmm.data.synthetic_reason import answer_phrase, template_texts
 from flmm.data.synthetic_scene import COLOURS, SHAPES, STUFF
 from flmm.data.synthetic_text import PLURALS, STYLES, Query, render, template_words, tokenize
-from flmm.lmm.text import DEFAULT_PROMPT_TEMPLATE, DESCRIBE_IN_DETAIL, SHORT_ANSWER
+from flmm.lmm.text import DEFAULT_PROMPT_TEMPLATE, DESCRIBE, DESCRIBE_IN_DETAIL, SHORT_ANSWER
 
 FORMATS = ("description", "referring", "qa", "answer", "narrative")
-DESCRIBE = "Please give me a description of the image."
 SIZE_NAMES = {"small": "small", "large": "large"}
 COUNT_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Word kinds whose held-out prediction accuracy the pretraining reports.
@@ -146,7 +145,7 @@ def answer(objects: list[ObjectFacts], rng: np.random.Generator) -> tuple[str, s
     asked = o.asks[int(rng.integers(len(o.asks)))]
     if rng.random() < 0.5:
         asked = f"{asked} {SHORT_ANSWER}"
-    return asked, f"the {SIZE_NAMES[o.size]} {o.colour} {o.shape}"
+    return asked, answer_phrase(o)
 
 
 def render_sample(

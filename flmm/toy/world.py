@@ -75,7 +75,7 @@ def object_facts(scene: Scene) -> list[ObjectFacts]:
 def scene_narrative(scene: Scene, rng: np.random.Generator) -> str:
     """A PNG-style narrative of `scene`, written as the world writes its PNG captions."""
     h, w = scene.image.shape[:2]
-    things = np.any([o.mask for o in scene.objects], axis=0) if scene.objects else np.zeros((h, w), bool)
+    things = scene.things_mask()
     stuff = {p: (word, 0) for p, (word, region) in scene.stuff.items() if (region & ~things).any()}
     return narrative(0, [(o, 1) for o in scene.objects], stuff, w, h, rng)["caption"]
 
