@@ -89,6 +89,20 @@ def test_eager_and_hooked_agree_on_llava(llava_dir, padding_side):
     torch.testing.assert_close(out_hooked.hidden_states, out_eager.hidden_states, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("capture", ["hooked", "eager"])
+def test_the_frozen_forward_under_bf16_autocast_gives_what_inference_gives(llava_dir, capture):
+    """bf16-mixed training runs the step under autocast: the maps and hidden states the head trains on are
+    still those of the model's own dtype (here float32), bit for bit."""
+    adapter = LlavaAdapter(llava_dir, capture=capture)
+    batch = adapter.encode(_images(), TEXTS, SPANS)
+    plain = adapter(**batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = adapter(**batch)
+    assert mixed.attention.dtype == mixed.hidden_states.dtype == torch.float32
+    assert torch.equal(mixed.attention, plain.attention)
+    assert torch.equal(mixed.hidden_states, plain.hidden_states)
+
+
 def test_padding_side_does_not_change_the_maps(llava_dir):
     adapter = LlavaAdapter(llava_dir, capture="hooked")
     right = adapter(**adapter.encode(_images(), TEXTS, SPANS, padding_side="right"))

@@ -24,6 +24,7 @@ from flmm.models.sam_build import SAM_CHECKPOINT_FILES
 from flmm.models.sam_refiner import SamRefiner
 from flmm.models.selector import KeywordSelector
 from flmm.registry import LMM_ADAPTERS, MODELS
+from flmm.shipped import shipped_path
 
 # The built-in components; importing them is what registers them in the registries.
 BUILTIN_COMPONENTS = (
@@ -105,15 +106,26 @@ def build_text_component(cfg: DictConfig, adapter: LMMAdapter, key: str):
     )
 
 
+# The shipped toy LLaVA is two pretraining stages: captions, then this recipe from the first stage's folder.
+CHAT_RECIPE = "configs/toy_lmm_chat.yaml"
+
+
 def toy_model_hint(path: str, tool: str) -> str | None:
     """For a missing path inside a `toy_models/` folder: that it is one of the embedded default's toy
     models and the command that builds it (training, evaluation and the demo only load them)."""
     if "toy_models" not in Path(path).parts:
         return None
+    stages = ""
+    if tool == "tools/pretrain_toy_lmm.py":
+        init = OmegaConf.load(shipped_path(CHAT_RECIPE)).init
+        stages = (
+            f"; the shipped toy LLaVA adds a chat stage to the caption one: `python {tool} --out {init}` "
+            f"then `python {tool} --config {CHAT_RECIPE} --out {path}`"
+        )
     return (
         f"{path} not found: it is a toy model of the embedded default; build it with "
         f"`python {tool} --out {path}` (`--steps 0` keeps the random initial weights, as a control's "
-        "model is; toy_models/README.md says how each shipped one was made)"
+        f"model is{stages}; toy_models/README.md says how each shipped one was made)"
     )
 
 

@@ -25,10 +25,16 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from flmm.errors import ConfigError
-from flmm.lmm.capture import AttentionRecorder, capture_implementation, reduce_rows, select_rows
+from flmm.lmm.capture import (
+    AttentionRecorder,
+    capture_implementation,
+    reduce_rows,
+    select_rows,
+    without_autocast,
+)
 from flmm.lmm.layout import GridMeta, ImageLayout, check_view_counts, raster_cells
 from flmm.lmm.loading import load_pretrained, load_processor, resolve_dtype, weights_source
-from flmm.lmm.plan import BatchPlan, plan_batch, position_ids_from_mask, positions_first
+from flmm.lmm.plan import BatchPlan, plan_batch, position_ids_from_mask, text_token_features
 from flmm.lmm.text import DESCRIBE, EncodedText, Span, chat_prompt, check_spans, encode_prompts, join_prompt
 
 CAPTURE_MODES = ("eager", "hooked")
@@ -329,57 +335,44 @@ class LMMAdapter(nn.Module):
         text_mask: `(B, S)` bool (`EncodedText.text_mask`); given, the output also holds the hidden states
         of every text token (for a keyword selector), not only of the phrase tokens.
         """
-        inputs = self.model_inputs(input_ids, attention_mask, images)
-        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
-        phrase_ids = phrase_ids.to(input_ids.device)
-        layouts = [self.layout(image) for image in images]
-        check_view_counts(layouts, self.num_views)
-        plan = plan_batch(input_ids, attention_mask, phrase_ids, self.image_token_id, layouts)
-        inputs.update(use_cache=False, output_hidden_states=True, logits_to_keep=1)
-        maps, outputs = self._run(inputs, plan)
-        per_phrase = torch.stack(maps, dim=2).flatten(2, 3)[plan.phrase_batch_index, plan.phrase_local]
-        # A sample with fewer image tokens than N_max has its image positions padded with other positions.
-        counts = torch.tensor([layout.num_tokens for layout in layouts], device=per_phrase.device)
-        columns = torch.arange(per_phrase.shape[-1], device=per_phrase.device)
-        per_phrase = per_phrase * (columns < counts[plan.phrase_batch_index, None])[:, None, :]
-        grid = self.grid_size
-        attention = torch.cat(
-            [
-                layout.to_grid(per_phrase[plan.phrase_batch_index == b], grid)
-                for b, layout in enumerate(layouts)
-            ]
-        )
-        hidden = torch.stack(
-            [h[plan.phrase_batch_index[:, None], plan.phrase_tokens] for h in outputs.hidden_states[1:]],
-            dim=2,
-        )
-        hidden = hidden.float() * plan.phrase_token_mask[:, :, None, None]
-        text = (
-            {}
-            if text_mask is None
-            else self._text_tokens(outputs, text_mask.to(input_ids.device), phrase_ids)
-        )
-        meta = GridMeta(grid, self.num_layers, self.num_heads, attention.shape[1], tuple(layouts))
-        return LMMOutput(
-            per_phrase, attention, plan.phrase_batch_index, hidden, plan.phrase_token_mask, meta, **text
-        )
-
-    @staticmethod
-    def _text_tokens(
-        outputs: Any, text_mask: torch.Tensor, phrase_ids: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Hidden states `(B, S_t, L, D)`, mask and phrase ids of the text tokens (`text_mask (B, S)`)."""
-        counts = text_mask.sum(dim=1)
-        width = int(counts.max()) if counts.numel() else 0
-        token_mask = torch.arange(width, device=text_mask.device)[None, :] < counts[:, None]
-        positions = positions_first(text_mask, width).masked_fill(~token_mask, 0)
-        rows = torch.arange(len(text_mask), device=text_mask.device)[:, None]
-        hidden = torch.stack([h[rows, positions] for h in outputs.hidden_states[1:]], dim=2)
-        return {
-            "text_hidden": hidden.float() * token_mask[:, :, None, None],
-            "text_token_mask": token_mask,
-            "text_phrase_ids": phrase_ids.gather(1, positions).masked_fill(~token_mask, -1),
-        }
+        # In the model's own dtype whatever the trainer's autocast: training sees what inference sees.
+        with without_autocast(self.lmm.device):
+            inputs = self.model_inputs(input_ids, attention_mask, images)
+            input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+            phrase_ids = phrase_ids.to(input_ids.device)
+            layouts = [self.layout(image) for image in images]
+            check_view_counts(layouts, self.num_views)
+            plan = plan_batch(input_ids, attention_mask, phrase_ids, self.image_token_id, layouts)
+            inputs.update(use_cache=False, output_hidden_states=True, logits_to_keep=1)
+            maps, outputs = self._run(inputs, plan)
+            per_phrase = torch.stack(maps, dim=2).flatten(2, 3)[plan.phrase_batch_index, plan.phrase_local]
+            # A sample with fewer image tokens than N_max has its image positions padded with others.
+            counts = torch.tensor([layout.num_tokens for layout in layouts], device=per_phrase.device)
+            columns = torch.arange(per_phrase.shape[-1], device=per_phrase.device)
+            per_phrase = per_phrase * (columns < counts[plan.phrase_batch_index, None])[:, None, :]
+            grid = self.grid_size
+            attention = torch.cat(
+                [
+                    layout.to_grid(per_phrase[plan.phrase_batch_index == b], grid)
+                    for b, layout in enumerate(layouts)
+                ]
+            )
+            hidden = torch.stack(
+                [h[plan.phrase_batch_index[:, None], plan.phrase_tokens] for h in outputs.hidden_states[1:]],
+                dim=2,
+            )
+            hidden = hidden.float() * plan.phrase_token_mask[:, :, None, None]
+            text = (
+                {}
+                if text_mask is None
+                else text_token_features(
+                    outputs.hidden_states[1:], text_mask.to(input_ids.device), phrase_ids
+                )
+            )
+            meta = GridMeta(grid, self.num_layers, self.num_heads, attention.shape[1], tuple(layouts))
+            return LMMOutput(
+                per_phrase, attention, plan.phrase_batch_index, hidden, plan.phrase_token_mask, meta, **text
+            )
 
     def _run(self, inputs: dict[str, Any], plan: BatchPlan) -> tuple[list[torch.Tensor], Any]:
         """The model's forward with capture; per-layer maps `(B, P_max, H, N)` and the model outputs."""

@@ -155,11 +155,17 @@ class AttentionRecorder:
         self._maps[layer] = reduce_rows(rows, request)
 
 
+def without_autocast(device: torch.device):
+    """A block that computes in its tensors' own dtypes under any enclosing autocast (bf16-mixed training
+    lowers matmuls to bf16): the frozen features a head trains on are those inference gives."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def _observe(module: nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
     entry = _RECORDERS.get(module)
     if entry is not None:
         recorder, layer = entry
-        with torch.no_grad():
+        with torch.no_grad(), without_autocast(query.device):
             recorder.observe(
                 layer, query, key, kwargs.get("scaling"), kwargs.get("sliding_window"), kwargs.get("softcap")
             )

@@ -104,3 +104,21 @@ def plan_batch(
         query_pos=query_pos, key_valid=valid, image_pos=image_pos, phrase_weights=weights
     )
     return BatchPlan(request, phrase_batch_index, phrase_local, phrase_tokens, phrase_token_mask)
+
+
+def text_token_features(
+    hidden_states: Sequence[torch.Tensor], text_mask: torch.Tensor, phrase_ids: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The text tokens' (`text_mask (B, S)`) hidden states `(B, S_t, L, D)` float32 of the L layers'
+    `hidden_states (B, S, D)`, their mask `(B, S_t)` and phrase ids `(B, S_t)` (-1 for none), zero-padded."""
+    counts = text_mask.sum(dim=1)
+    width = int(counts.max()) if counts.numel() else 0
+    token_mask = torch.arange(width, device=text_mask.device)[None, :] < counts[:, None]
+    positions = positions_first(text_mask, width).masked_fill(~token_mask, 0)
+    rows = torch.arange(len(text_mask), device=text_mask.device)[:, None]
+    hidden = torch.stack([h[rows, positions] for h in hidden_states], dim=2)
+    return {
+        "text_hidden": hidden.float() * token_mask[:, :, None, None],
+        "text_token_mask": token_mask,
+        "text_phrase_ids": phrase_ids.gather(1, positions).masked_fill(~token_mask, -1),
+    }

@@ -1,15 +1,17 @@
 """Bad image files are a clear error naming the file and the problem, never a crash deep inside PIL or a
 blocked read; valid images in odd modes load as the right RGB pixels; the catalogue of planted faults
-(tests/faults/bad_inputs.py) does what it says."""
+(tests/faults/conftest.py) does what it says."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
 import re
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from flmm.data.image_io import load_rgb
 from flmm.data.refcoco import load_refer_split
 from flmm.data.synthetic import SyntheticConfig, generate_world
 from flmm.errors import DataError
-from tests.faults.bad_inputs import KINDS, bomb_png, break_records
+from tests.faults.conftest import KINDS, bomb_png, break_records
 
 REFS = "coco/refcoco/refs(unc).p"
 
@@ -67,12 +69,6 @@ def _plant_fifo(path):
     os.mkfifo(path)
 
 
-def _plant_unreadable(path):
-    if os.geteuid() == 0:
-        pytest.skip("running as root: root reads a file whatever its permission bits")
-    _jpeg(path).chmod(0)
-
-
 def _plant_broken_link(path):
     path.symlink_to(path.parent / "gone.jpg")
 
@@ -87,7 +83,6 @@ BROKEN_IMAGES = {
     "broken-link": (_plant_broken_link, r"not found \(a broken symbolic link\)"),
     "directory": (lambda p: p.mkdir(), "is a directory"),
     "fifo": (_plant_fifo, "not a regular file"),
-    "unreadable": (_plant_unreadable, "cannot read the image file.*ermission denied"),
     "other-size": (lambda p: _jpeg(p, (10, 10)), "image is 10x10 .*annotation says 12x16"),
 }
 
@@ -102,6 +97,24 @@ def test_broken_image_is_a_data_error_naming_the_file_and_the_problem(tmp_path, 
     message = str(outcome["error"])
     assert message.startswith(f"{path}: ")
     assert re.search(problem, message), message
+
+
+def test_an_unreadable_image_is_a_data_error_naming_the_permission(tmp_path, monkeypatch):
+    path = tmp_path / "COCO_train2014_000000000007.jpg"
+    _jpeg(path).chmod(0)
+    # Root reads a file whatever its permission bits: refuse the open as the OS does for everyone else.
+    real_open = Path.open
+
+    def open_as_a_user(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_as_a_user)
+    outcome = _load_in_thread(path, (12, 16))
+    message = str(outcome["error"])
+    assert message.startswith(f"{path}: ")
+    assert re.search("cannot read the image file.*ermission denied", message), message
 
 
 def _saved(tmp_path, img, fmt, **options):

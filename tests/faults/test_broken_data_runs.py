@@ -1,4 +1,4 @@
-"""Training over a data root with every kind of broken image file (tests/faults/bad_inputs.py), with data
+"""Training over a data root with every kind of broken image file (tests/faults/conftest.py), with data
 workers and under 2-process DDP: no crash mid-epoch, each broken record counted once for the whole run
 (not once per worker or rank), the count in the logs, and past `data.max_skip_fraction` one clear error
 with a resumable checkpoint."""
@@ -16,7 +16,7 @@ import pytest
 
 from flmm.engine.module import read_checkpoint
 from tests.conftest import REPO_ROOT, TOY_CONFIG, ToyWorld, load_tool, logged, read_metrics, toy_overrides
-from tests.faults.bad_inputs import KINDS, BadInput, break_records
+from tests.faults.conftest import KINDS, BadInput, break_records
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""A catalogue of broken and odd image files, planted in place in a data root of the real on-disk layout.
+"""Shared by the fault tests: a catalogue of broken and odd image files, planted in place in a data root of
+the real on-disk layout.
 
 `break_records(root)` rewrites the image files of chosen `refcoco:train` records, one kind of fault each,
 and says for each what a correct loader does with it: `skip` (the record is a counted skip, never a crash)
