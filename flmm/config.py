@@ -83,7 +83,8 @@ class TrainConfig:
     limit_val_batches: float = 1.0
     val_every_n_epochs: int = 1
     # Checkpoints: every N optimizer steps (0: none between epoch ends) and at every epoch end; last.ckpt is
-    # always the newest. The best by `monitor` (max; null: the first val split's refined cIoU) is kept too.
+    # always the newest. The best by `monitor` (max; null: the first val split's refined cIoU, AR for
+    # PNG) is kept too.
     checkpoint_every_n_steps: int = 500
     monitor: str | None = None
     log_every_n_steps: int = 10

@@ -32,6 +32,7 @@ from flmm.engine.datamodule import GroundingDataModule
 from flmm.engine.module import GroundingModule, check_checkpoint_fits, read_checkpoint
 from flmm.engine.resume import check_resume_config
 from flmm.engine.skips import SkipCounter
+from flmm.engine.task_metrics import headline_key
 from flmm.errors import ConfigError, FlmmError
 
 # The frozen LMM and SAM image encoder stay in eval mode on purpose (tests/test_engine_train.py checks it).
@@ -77,7 +78,8 @@ def checkpoint_callbacks(cfg, folder: Path) -> list[ModelCheckpoint]:
             )
         )
     if cfg.data.val_splits and float(train.limit_val_batches) > 0:
-        monitor = train.monitor or f"val/{cfg.data.val_splits[0]}/cIoU"
+        first = cfg.data.val_splits[0]
+        monitor = train.monitor or f"val/{first}/{headline_key(first)}"
         callbacks.append(
             ModelCheckpoint(
                 filename="best-epoch{epoch:03d}-step{step:06d}", monitor=monitor, mode="max", **common

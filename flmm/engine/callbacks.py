@@ -67,7 +67,8 @@ class PlainProgress(pl.Callback):
 
     Training: a line every `every_n_steps` optimizer steps and at the last one (epoch, step / total, loss,
     samples/s, elapsed, ETA), one at every epoch end with the epoch's mean loss, and one after each
-    validation with its cIoU per split. Evaluation (`trainer.test`): a line every `every_n_steps` batches.
+    validation with its main score per split (cIoU; AR on PNG). Evaluation (`trainer.test`): a line every
+    `every_n_steps` batches.
     """
 
     def __init__(self, every_n_steps: int):
@@ -106,7 +107,7 @@ class PlainProgress(pl.Callback):
         scores = [
             f"{key.removeprefix('val/')} {float(value):.2f}"
             for key, value in sorted(trainer.callback_metrics.items())
-            if key.startswith("val/") and key.endswith("/cIoU")
+            if key.startswith("val/") and key.endswith(("/cIoU", "/AR"))
         ]
         if scores:
             print(f"val epoch {trainer.current_epoch + 1}: " + ", ".join(scores), flush=True)

@@ -38,11 +38,11 @@ from flmm.data.datasets import GroundingDataset, Skipped
 from flmm.data.splits import build_split_dataset, default_eval_splits, parse_split
 from flmm.engine.build import check_components, config_to_dict
 from flmm.engine.callbacks import progress_reporting
-from flmm.engine.metrics import PngRecallMetrics, ResMetrics, binarize, intersection_union
+from flmm.engine.metrics import binarize, intersection_union
 from flmm.engine.module import GroundingModule, check_checkpoint_fits, read_checkpoint
 from flmm.engine.report import QueryRecord, ReportWriter
 from flmm.engine.sampling import ShardSampler, world
-from flmm.engine.task_metrics import TaskExtraMetrics, without_ignored
+from flmm.engine.task_metrics import TaskExtraMetrics, main_metric, update_main_metric, without_ignored
 from flmm.errors import ConfigError, FlmmError
 from flmm.hub import check_same_sam, folder_checkpoint, resolve_head
 from flmm.masks import mask_rle
@@ -104,10 +104,6 @@ class EvalTask:
     split: str
     protocol: str
     dataset: GroundingDataset
-
-    @property
-    def is_png(self) -> bool:
-        return self.protocol == PNG_PROTOCOL
 
 
 def eval_tasks(
@@ -198,8 +194,8 @@ class EvaluationModule(pl.LightningModule):
         # An nn.Module predictor is registered as a child, so Lightning moves it to the device.
         self.predictor = predictor
         self.tasks, self.report, self.keep_masks = tasks, report, keep_masks
-        self.refined_metrics = nn.ModuleList(PngRecallMetrics() if t.is_png else ResMetrics() for t in tasks)
-        self.coarse_metrics = nn.ModuleList(PngRecallMetrics() if t.is_png else ResMetrics() for t in tasks)
+        self.refined_metrics = nn.ModuleList(main_metric(t.split) for t in tasks)
+        self.coarse_metrics = nn.ModuleList(main_metric(t.split) for t in tasks)
         self.extra_metrics = nn.ModuleList(TaskExtraMetrics(t.dataset) for t in tasks)
         self.records: list[list[QueryRecord]] = [[] for _ in tasks]
         self.skipped: list[list[Skipped]] = [[] for _ in tasks]
@@ -226,14 +222,8 @@ class EvaluationModule(pl.LightningModule):
         self.extra_metrics[dataloader_idx].update(
             refined, targets, queries, predictions.selector_counts, predictions.points
         )
-        for metric, masks in (
-            (self.refined_metrics[dataloader_idx], refined),
-            (self.coarse_metrics[dataloader_idx], coarse),
-        ):
-            if self.tasks[dataloader_idx].is_png:
-                metric.update(masks, targets, [q["isthing"] for q in queries], [q["plural"] for q in queries])
-            else:
-                metric.update(masks, targets, gt_boxes=[q["bbox"] for q in queries])
+        update_main_metric(self.refined_metrics[dataloader_idx], refined, targets, queries)
+        update_main_metric(self.coarse_metrics[dataloader_idx], coarse, targets, queries)
         inter, union = intersection_union(refined, targets)
         order = [(i, k) for i, qs in zip(batch["sample_index"], batch["queries"]) for k in range(len(qs))]
         for q, (i, k), pred, n_inter, n_union in zip(queries, order, refined, inter.tolist(), union.tolist()):

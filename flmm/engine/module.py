@@ -20,7 +20,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from flmm.data.collate import has_samples
 from flmm.engine.build import build_adapter, build_grounding_model, build_text_component
-from flmm.engine.metrics import ResMetrics, binarize
+from flmm.engine.metrics import binarize
+from flmm.engine.task_metrics import headline_key, main_metric, update_main_metric, without_ignored
 from flmm.errors import ConfigError, FlmmError
 from flmm.models.grounding import GroundingOutput
 from flmm.models.losses import grounding_losses
@@ -70,8 +71,9 @@ class GroundingModule(pl.LightningModule):
         # None without `model.selector`: then no `selector.*` weights, so older checkpoints still fit.
         self.selector = build_text_component(self.cfg, self.adapter, "selector")
         self.val_splits = list(self.cfg.data.val_splits if val_splits is None else val_splits)
-        self.val_metrics = torch.nn.ModuleList([ResMetrics() for _ in self.val_splits])
-        self.val_coarse_metrics = torch.nn.ModuleList([ResMetrics() for _ in self.val_splits])
+        # Scored as tools/test.py scores them: average recall on PNG, cIoU / gIoU on the rest.
+        self.val_metrics = torch.nn.ModuleList([main_metric(split) for split in self.val_splits])
+        self.val_coarse_metrics = torch.nn.ModuleList([main_metric(split) for split in self.val_splits])
         self.val_selector_metrics = torch.nn.ModuleList([TokenF1() for _ in self.val_splits])
         self._nonfinite_in_a_row = self._nonfinite_total = 0
         # Frozen weights are absent from checkpoints; `on_load_checkpoint` checks the rest explicitly.
@@ -196,13 +198,12 @@ class GroundingModule(pl.LightningModule):
         if self.selector is not None:
             selected = self.selector.select(grounded.selector_logits)
             self.val_selector_metrics[dataloader_idx].update(grounded.selector_counts(selected))
-        targets = [t.bool() for t in self.phrase_targets(batch)]
-        boxes = [q["bbox"] for queries in batch["queries"] for q in queries]
-        self.val_metrics[dataloader_idx].update(
-            [binarize(p) for p in out.predictions], targets, gt_boxes=boxes
-        )
+        queries = [q for qs in batch["queries"] for q in qs]
+        targets = without_ignored([t.bool() for t in self.phrase_targets(batch)], queries)
         coarse = crop_padding(out.coarse_square, image_index, batch["pad_meta"], resize_to_original=True)
-        self.val_coarse_metrics[dataloader_idx].update([binarize(p) for p in coarse], targets, gt_boxes=boxes)
+        for metric, logits in ((self.val_metrics, out.predictions), (self.val_coarse_metrics, coarse)):
+            masks = without_ignored([binarize(p) for p in logits], queries)
+            update_main_metric(metric[dataloader_idx], masks, targets, queries)
         return out
 
     def on_validation_epoch_end(self) -> None:
@@ -211,10 +212,11 @@ class GroundingModule(pl.LightningModule):
         metrics = zip(self.val_splits, self.val_metrics, self.val_coarse_metrics, self.val_selector_metrics)
         for split, metric, coarse, selector in metrics:
             results = metric.compute()
-            coarse_results = coarse.compute()
-            for key in ("cIoU", "gIoU", "P@0.5", "n_queries"):
+            headline = headline_key(split)
+            keys = ("AR", "n_queries") if headline == "AR" else ("cIoU", "gIoU", "P@0.5", "n_queries")
+            for key in keys:
                 self.log(f"val/{split}/{key}", float(results[key]), sync_dist=True)
-            self.log(f"val/{split}/coarse_cIoU", float(coarse_results["cIoU"]), sync_dist=True)
+            self.log(f"val/{split}/coarse_{headline}", float(coarse.compute()[headline]), sync_dist=True)
             # F1 only where tokens carry word-selection labels (PNG narratives); a RES split has none. The
             # counts are reduced over ranks, so every rank takes the same branch.
             selection = selector.compute() if self.selector is not None else None

@@ -1,5 +1,6 @@
-"""Metrics an evaluation task adds beside its main ones: per-group scores, a keyword selector's token F1,
-and the ignore regions that some datasets take out of every metric.
+"""A task's metrics: its main one (PNG's average recall on narrative splits, RES's cIoU / gIoU elsewhere,
+the same in validation and evaluation), those it adds beside it (per-group scores, a keyword selector's
+token F1) and the ignore regions that some datasets take out of every metric.
 
 A dataset may declare `query_groups = (field, values)`: each query's `field` names its group, and the task
 reports `cIoU_<value>`, `gIoU_<value>` and `n_<value>` per group (ReasonSeg: short and long queries). A query
@@ -19,8 +20,37 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from flmm.engine.metrics import ResMetrics
+from flmm.data.splits import parse_split
+from flmm.engine.metrics import PngRecallMetrics, ResMetrics
 from flmm.models.selector import TokenF1
+
+
+def is_narrative_split(split: str) -> bool:
+    """True for a Panoptic Narrative Grounding split (`png:*`), scored by average recall."""
+    return parse_split(split)[0] == "png"
+
+
+def main_metric(split: str) -> PngRecallMetrics | ResMetrics:
+    """The metric `split` is scored by: `PngRecallMetrics` for PNG, `ResMetrics` for the rest."""
+    return PngRecallMetrics() if is_narrative_split(split) else ResMetrics()
+
+
+def headline_key(split: str) -> str:
+    """The key of `split`'s main score in its metric's results (`AR` for PNG, `cIoU` for the rest)."""
+    return "AR" if is_narrative_split(split) else "cIoU"
+
+
+def update_main_metric(
+    metric: PngRecallMetrics | ResMetrics,
+    masks: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    queries: list[dict],
+) -> None:
+    """Add P queries' bool masks and targets `(H, W)` (ignore regions already off, `without_ignored`)."""
+    if isinstance(metric, PngRecallMetrics):
+        metric.update(masks, targets, [q["isthing"] for q in queries], [q["plural"] for q in queries])
+    else:
+        metric.update(masks, targets, gt_boxes=[q["bbox"] for q in queries])
 
 
 def without_ignored(masks: list[torch.Tensor], queries: list[dict]) -> list[torch.Tensor]:

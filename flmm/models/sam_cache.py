@@ -8,8 +8,8 @@ its weights, `encoder_fingerprint`), so a changed image or another SAM checkpoin
 hit. Two places, chosen by `model.refiner.embedding_cache`:
 
 - `memory`: a dict in the training process, embeddings kept as computed (same values, so a cached run
-  trains exactly like an uncached one); for datasets whose embeddings fit in host memory (256 x 64 x 64
-  floats, 4 MiB per image at fp32 for real SAM).
+  trains exactly like an uncached one) but in host memory, not on the GPU the encoder ran on; for
+  datasets whose embeddings fit there (256 x 64 x 64 floats, 4 MiB per image at fp32 for real SAM).
 - a folder: one fp16 file per image under `FOLDER/<encoder fingerprint>/` (2 MiB for real SAM), written
   to a temporary file and renamed, so DDP ranks and concurrent runs can share one folder; kept across runs.
 
@@ -83,7 +83,7 @@ class SamEmbeddingCache:
 
     def _store(self, key: str, embedding: torch.Tensor) -> None:
         if self.folder is None:
-            self._memory[key] = embedding.detach()
+            self._memory[key] = embedding.detach().cpu()
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{key}.pt"
