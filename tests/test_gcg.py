@@ -4,6 +4,8 @@ and a whole `tools/test.py --task gcg` run on the embedded default's toy models 
 from __future__ import annotations
 
 import json
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +194,66 @@ def test_malformed_grandf_files_name_the_file_and_field(tmp_path):
         load_gcg_split(root, "gcg:psg_val")
     with pytest.raises(DataError, match="not a GCG split"):
         load_gcg_split(root, "gcg:nope")
+
+
+SHORT_RLE = {"size": [H, W], "counts": [3, 2]}  # 5 pixels of 80: pycocotools would decode garbage
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "spoil", "message"),
+    [
+        (
+            "OpenPsgGCG_val.json",
+            "groundings",
+            lambda data: data[0]["groundings"]["A man"]["rle_masks"].append(SHORT_RLE),
+            r"OpenPsgGCG_val\.json: record #0: grounding 'A man': field 'rle_masks': RLE counts cover 5 "
+            r"pixels but the 8x10 image has 80",
+        ),
+        (
+            "flickr_mergedGT_GCG_val.json",
+            "coco",
+            lambda data: data["annotations"][1].update(sam_mask=SHORT_RLE),
+            r"flickr_mergedGT_GCG_val\.json: annotation #1 \(image 7\): field 'sam_mask': RLE counts cover 5 "
+            r"pixels but the 8x10 image has 80",
+        ),
+    ],
+    ids=["groundings", "coco"],
+)
+def test_rle_counts_that_do_not_cover_the_image_name_the_file_and_field(tmp_path, name, kind, spoil, message):
+    root = write_grandf(tmp_path)
+    path = root / "GranDf/annotations/train" / name
+    data = json.loads(path.read_text())
+    spoil(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message):
+        read_gcg_file(path, root / "coco_2017/train2017", kind)
+
+
+def test_polygon_with_a_non_finite_coordinate_is_an_error_not_a_hang(tmp_path):
+    root = write_grandf(tmp_path)
+    path = root / "GranDf/annotations/train/RefCOCOg_GCG_val.json"
+    data = json.loads(path.read_text())
+    data[0]["refs"][1]["segmentation"] = [[0, 0, float("nan"), 0, 4, 4, 0, 4]]  # json writes it as NaN
+    path.write_text(json.dumps(data))
+    [ref] = read_gcg_file(path, root / "coco_2014/train2014", "refs")
+    outcome: dict = {}
+
+    def decode():
+        try:
+            ref.masks()
+        except DataError as exc:
+            outcome["error"] = str(exc)
+
+    # pycocotools hangs on such a polygon: in a thread, a regression fails the test instead of hanging it.
+    thread = threading.Thread(target=decode, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "decoding the polygon hung"
+    assert re.search(
+        r"RefCOCOg_GCG_val\.json: record #0: ref #1: field 'segmentation': polygon 0: has a coordinate "
+        r"that is not a finite number",
+        outcome["error"],
+    )
 
 
 def test_gcg_run_on_the_embedded_default(smoke_run, toy_world, tmp_path, capsys):

@@ -160,16 +160,25 @@ def _bad_counts(data: dict) -> None:
     data["annotations"][1]["segmentation"] = {"size": [6, 8], "counts": 7}
 
 
+def _short_counts(data: dict) -> None:
+    data["annotations"][1]["segmentation"] = {"size": [6, 8], "counts": [3, 2]}  # 5 of the 48 pixels
+
+
 @pytest.mark.parametrize(
     "spoil, message",
     [
         (_bad_counts, r"val_gcg_coco_mask_gt\.json: annotation #1 .*field 'counts'"),
         (
+            _short_counts,
+            r"val_gcg_coco_mask_gt\.json: annotation #1 \(image 'sa_1'\): field 'segmentation': RLE counts "
+            r"cover 5 pixels but the 6x8 image has 48",
+        ),
+        (
             lambda data: data["annotations"].pop(),
             r"field 'labels' has 3 phrases but .*mask_gt\.json has 2 masks",
         ),
     ],
-    ids=["bad segmentation", "fewer masks than labels"],
+    ids=["bad segmentation", "counts short of the image", "fewer masks than labels"],
 )
 def test_a_bad_mask_file_names_the_file_record_and_field(tmp_path, spoil, message):
     _, mask_path = write_split(tmp_path, "val", ["sa_1"])

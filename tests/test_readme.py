@@ -1,4 +1,5 @@
-"""Every command in the README's code blocks runs as written, so the README and the code cannot drift apart.
+"""Every command in the READMEs' code blocks (README.md, data/README.md) runs as written, so the READMEs and
+the code cannot drift apart.
 
 The commands run in scratch folders that hold the checkout's files (linked) but their own `runs/` and
 `data/`, in README order, through bash, exactly as a user types them, with these substitutions only:
@@ -107,17 +108,22 @@ RULES: dict[str, Rule] = {
 }
 
 
+# The READMEs with commands: the project's, then the data layout's.
+READMES = ("README.md", "data/README.md")
+
+
 def readme_commands() -> list[str]:
-    """Lines of the README's code blocks that are commands (`bash ...`, `.venv/bin/python ...`), in order,
-    without trailing `# comments`."""
+    """Lines of the READMEs' code blocks that are commands (`bash ...`, `.venv/bin/python ...`), in order,
+    without trailing `# comments`, each once."""
     commands, in_block = [], False
-    for line in (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            in_block = not in_block
-            continue
-        if in_block and (line.startswith("bash ") or line.startswith(".venv/bin/python ")):
-            commands.append(re.sub(r"\s+#.*$", "", line).strip())
-    return commands
+    for readme in READMES:
+        for line in (REPO_ROOT / readme).read_text(encoding="utf-8").splitlines():
+            if line.startswith("```"):
+                in_block = not in_block
+                continue
+            if in_block and (line.startswith("bash ") or line.startswith(".venv/bin/python ")):
+                commands.append(re.sub(r"\s+#.*$", "", line).strip())
+    return list(dict.fromkeys(commands))
 
 
 def as_run(command: str, scratch: Path) -> str:

@@ -293,8 +293,9 @@ def test_too_few_images_for_the_held_out_pairs_is_a_clear_error(tmp_path):
 
 
 def test_the_real_loaders_read_the_world(world):
+    from flmm.data.coco_masks import decode_segmentation
     from flmm.data.png import load_png_split, phrase_masks
-    from flmm.data.refcoco import REFER_DATASETS, decode_segmentation, load_refer_split
+    from flmm.data.refcoco import REFER_DATASETS, load_refer_split
 
     for dataset, (_, _, splits) in REFER_DATASETS.items():
         for split in splits:

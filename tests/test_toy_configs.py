@@ -153,7 +153,8 @@ def test_a_missing_shipped_llava_names_both_of_its_pretraining_stages(tmp_path: 
 
 def test_production_modules_never_import_the_toy_builders():
     """Training, evaluation, the demo and the library they use only load model folders: the toy-model
-    builders (`flmm.toy`) are the toy tools' alone."""
+    builders (`flmm.toy`) are the toy tools' alone, and a real config never imports the synthetic world's
+    generator (`flmm.data.synthetic*`; the guard `synthetic_setup` only imports it for a toy config)."""
     probe = (
         "import importlib.util, sys\n"
         "for name in ('train', 'test', 'demo', 'browse_data', 'export_head'):\n"
@@ -161,7 +162,10 @@ def test_production_modules_never_import_the_toy_builders():
         "    spec = importlib.util.spec_from_file_location(f'tool_{name}', path)\n"
         "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         "import flmm.engine.attend, flmm.engine.evaluate, flmm.demo.pipeline, flmm.benchmark.train\n"
-        "print(sorted(m for m in sys.modules if m == 'flmm.toy' or m.startswith('flmm.toy.')))\n"
+        "from flmm.config import load_config\n"
+        "load_config('configs/flmm_llava7b.yaml')\n"
+        "toy = ('flmm.toy', 'flmm.data.synthetic')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(toy) and m != 'flmm.data.synthetic_setup'))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300

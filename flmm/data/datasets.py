@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from flmm.data.coco_masks import decode_segmentation
 from flmm.data.image_io import load_rgb
 from flmm.data.png import Narrative, load_png_split, phrase_masks
-from flmm.data.refcoco import ReferredObject, decode_segmentation, load_refer_split
+from flmm.data.refcoco import ReferredObject, load_refer_split
 from flmm.data.skips import SkipBudget
 from flmm.errors import DataError
 from flmm.masks import box_xywh, mask_box

@@ -39,18 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from flmm.data.annotation_fields import (
-    caption_span,
-    checked_id,
-    checked_rle,
-    decode_union,
-    group_by_image,
-    image_hw,
-    stack_masks,
-    typed_fields,
-)
+from flmm.data.annotation_fields import caption_span, checked_id, group_by_image, image_hw, typed_fields
+from flmm.data.coco_masks import checked_rle, decode_union, polygons_rle, stack_masks
 from flmm.data.png import PNG_SPLITS, load_png_split, phrase_masks
 from flmm.data.safe_pickle import load_plain_json
 from flmm.errors import DataError
@@ -192,19 +183,19 @@ def _refs_record(record: object, where: str, image_dir: Path) -> GcgRecord:
             found = reprlib.repr(polygons)
             raise DataError(f"{at}: field 'segmentation' should be polygons [x0, y0, x1, ...], found {found}")
         span = (start, start + len(sentence))
-        found.append((span, GcgPhrase(caption[span[0] : span[1]], span), polygons))
+        found.append(
+            (span, GcgPhrase(caption[span[0] : span[1]], span), polygons, f"{at}: field 'segmentation'")
+        )
     found.sort(key=lambda item: item[0])
     path = image_dir / file_name
 
     def load() -> np.ndarray:
+        # The polygons' coordinates are checked against the image size, known once the image is opened.
         hw = image_hw(path, where)
-        masks = []
-        for _, _, polygons in found:
-            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, *hw))
-            masks.append(mask_utils.decode(rle).astype(bool))
+        masks = [decode_union([polygons_rle(polygons, hw, at)], hw, at) for _, _, polygons, at in found]
         return stack_masks(masks, hw)
 
-    return GcgRecord(Path(file_name).stem, path, caption, tuple(p for _, p, _ in found), load)
+    return GcgRecord(Path(file_name).stem, path, caption, tuple(p for _, p, _, _ in found), load)
 
 
 def _coco_records(data: object, path: Path, image_dir: Path) -> list[GcgRecord]:
@@ -224,7 +215,7 @@ def _coco_records(data: object, path: Path, image_dir: Path) -> list[GcgRecord]:
             if not positives:
                 raise DataError(f"{at}: field 'tokens_positive' is empty")
             span = caption_span(positives[0], caption, f"{at}: field 'tokens_positive'")
-            rles.append((at, checked_rle(sam_mask, f"{at}: field 'sam_mask'")))
+            rles.append((at, checked_rle(sam_mask, f"{at}: field 'sam_mask'", hw)))
             phrases.append(GcgPhrase(caption[span[0] : span[1]], span))
         order = sorted(range(len(phrases)), key=lambda j: phrases[j].span)
 
@@ -270,11 +261,12 @@ def read_grandf_eval(caption_gt: str | Path, mask_gt: str | Path, image_dir: str
         at = f"{caption_gt}: annotation #{k} (image {image_id!r})"
         caption, labels = typed_fields(ann, at, {"caption": str, "labels": list})
         spans = _label_spans(labels, caption, at)
+        hw, path = sizes.get(image_id) or _entry_hw(image, where), image_dir / file_name
         rles = []
         for m, mask_ann in by_mask.get(image_id, []):
             mat = f"{mask_gt}: annotation #{m} (image {image_id!r})"
             (segmentation,) = typed_fields(mask_ann, mat, {"segmentation": dict})
-            rles.append((mat, checked_rle(segmentation, f"{mat}: field 'segmentation'")))
+            rles.append((mat, checked_rle(segmentation, f"{mat}: field 'segmentation'", hw)))
         if len(rles) != len(labels):
             raise DataError(
                 f"{at}: field 'labels' has {len(labels)} phrases but {mask_gt} has {len(rles)} masks for the "
@@ -282,7 +274,6 @@ def read_grandf_eval(caption_gt: str | Path, mask_gt: str | Path, image_dir: str
             )
         phrases = [GcgPhrase(caption[s:e], (s, e)) for s, e in spans]
         order = sorted(range(len(phrases)), key=lambda j: phrases[j].span)
-        hw, path = sizes.get(image_id) or _entry_hw(image, where), image_dir / file_name
 
         def load(rles=rles, order=order, hw=hw, path=path, where=where) -> np.ndarray:
             size = hw or (tuple(rles[0][1]["size"]) if rles else image_hw(path, where))

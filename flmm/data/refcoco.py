@@ -2,7 +2,8 @@
 
 `DATA_ROOT/coco/<dataset>/refs(unc|umd).p` lists referring expressions per annotated object;
 `instances.json` beside it holds the images and the object masks (polygons, or RLE for crowd
-objects). Masks are decoded with pycocotools at the image's original size.
+objects), kept as read: `flmm.data.coco_masks.decode_segmentation` checks and decodes one at the image's
+original size when a sample is built.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from pycocotools import mask as mask_utils
-
+from flmm.data.annotation_fields import describe
 from flmm.data.safe_pickle import load_plain_json, load_plain_pickle
 from flmm.data.skips import SkipBudget
 from flmm.errors import DataError
@@ -27,9 +26,6 @@ REFER_DATASETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "refcocog": ("refcocog", "refs(umd).p", ("train", "val", "test")),
 }
 RES_IMAGE_DIR = "train2014"
-# How far (pixels) polygon coordinates may lie outside the image: annotation tools round and click on
-# the border, and pycocotools clips them; further out, the polygon was drawn for another image size.
-POLYGON_SLACK_PX = 2.0
 
 
 @dataclass(frozen=True)
@@ -84,10 +80,6 @@ def refer_paths(root: str | Path, dataset: str) -> tuple[Path, Path]:
     return base / refs_name, base / "instances.json"
 
 
-def _describe(value: object) -> str:
-    return f"{type(value).__name__} {reprlib.repr(value)}"
-
-
 def _field(record: dict, key: str, where: str) -> object:
     if key not in record:
         raise DataError(f"{where}: field '{key}' is missing")
@@ -106,13 +98,13 @@ def _int_field(record: dict, key: str, where: str) -> int:
             return int(value)
         except ValueError:
             pass  # reported below, with the other wrong types
-    raise DataError(f"{where}: field '{key}' should be an integer, found {_describe(value)}")
+    raise DataError(f"{where}: field '{key}' should be an integer, found {describe(value)}")
 
 
 def _str_field(record: dict, key: str, where: str) -> str:
     value = _field(record, key, where)
     if not isinstance(value, str):
-        raise DataError(f"{where}: field '{key}' should be a string, found {_describe(value)}")
+        raise DataError(f"{where}: field '{key}' should be a string, found {describe(value)}")
     return value
 
 
@@ -127,7 +119,7 @@ def _list_field(record: object, key: str, where: str) -> list:
 
 def _image_info(im: object, image_dir: Path, where: str) -> ImageInfo:
     if not isinstance(im, dict):
-        raise DataError(f"{where}: should be an object, found {_describe(im)}")
+        raise DataError(f"{where}: should be an object, found {describe(im)}")
     height, width = _int_field(im, "height", where), _int_field(im, "width", where)
     if height <= 0 or width <= 0:
         raise DataError(f"{where}: image size {height}x{width} (HxW) is not positive")
@@ -149,7 +141,7 @@ def _read_instances(path: Path, image_dir: Path) -> tuple[dict[int, ImageInfo], 
     anns = {}
     for i, ann in enumerate(_list_field(instances, "annotations", str(path))):
         if not isinstance(ann, dict):
-            raise DataError(f"{path}: annotations[{i}] should be an object, found {_describe(ann)}")
+            raise DataError(f"{path}: annotations[{i}] should be an object, found {describe(ann)}")
         anns[_int_field(ann, "id", f"{path}: annotations[{i}]")] = ann
     return images, anns
 
@@ -163,7 +155,7 @@ def _checked_refs(raw_refs: object, refs_path: Path) -> list[dict]:
         raise DataError(f"{refs_path}: expected a list of refs, found {type(raw_refs).__name__}")
     for i, ref in enumerate(raw_refs):
         if not isinstance(ref, dict):
-            raise DataError(f"{refs_path}: ref #{i} should be a dict, found {_describe(ref)}")
+            raise DataError(f"{refs_path}: ref #{i} should be a dict, found {describe(ref)}")
         _str_field(ref, "split", f"{refs_path}: ref #{i} (ref_id {reprlib.repr(ref.get('ref_id', '?'))})")
     return raw_refs
 
@@ -199,12 +191,12 @@ def _sentences(ref: dict, where: str) -> tuple[list[str], list[int]]:
     """The stripped texts and the ids of a ref's sentences."""
     raw = _field(ref, "sentences", where)
     if not isinstance(raw, (list, tuple)):
-        raise DataError(f"{where}: field 'sentences' should be a list of dicts, found {_describe(raw)}")
+        raise DataError(f"{where}: field 'sentences' should be a list of dicts, found {describe(raw)}")
     texts, ids = [], []
     for k, sentence in enumerate(raw):
         at = f"{where}: sentences[{k}]"
         if not isinstance(sentence, dict):
-            raise DataError(f"{at} should be a dict, found {_describe(sentence)}")
+            raise DataError(f"{at} should be a dict, found {describe(sentence)}")
         texts.append(_str_field(sentence, "sent", at).strip())
         ids.append(_int_field(sentence, "sent_id", at))
     return texts, ids
@@ -215,7 +207,7 @@ def _annotation_fields(ann: dict, where: str) -> tuple[object, tuple[float, floa
     segmentation = _field(ann, "segmentation", where)
     if not isinstance(segmentation, (list, dict)):
         raise DataError(
-            f"{where}: field 'segmentation' should be polygons or an RLE, found {_describe(segmentation)}"
+            f"{where}: field 'segmentation' should be polygons or an RLE, found {describe(segmentation)}"
         )
     bbox = _field(ann, "bbox", where)
     if not (
@@ -223,7 +215,7 @@ def _annotation_fields(ann: dict, where: str) -> tuple[object, tuple[float, floa
         and len(bbox) == 4
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
     ):
-        raise DataError(f"{where}: field 'bbox' should be 4 numbers [x, y, w, h], found {_describe(bbox)}")
+        raise DataError(f"{where}: field 'bbox' should be 4 numbers [x, y, w, h], found {describe(bbox)}")
     return segmentation, tuple(float(v) for v in bbox)
 
 
@@ -269,104 +261,3 @@ def _parse_ref(
         segmentation=segmentation,
         bbox=bbox,
     )
-
-
-def decode_segmentation(segmentation: object, height: int, width: int, where: str) -> np.ndarray:
-    """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to a `(H, W)` bool mask.
-
-    Everything pycocotools would trip over is checked first: it hangs on non-finite polygon coordinates
-    and returns uninitialised memory for RLE counts that do not cover the image. A mask that covers no
-    pixel is an error too: its object cannot be grounded.
-    """
-    if isinstance(segmentation, list):
-        rle = _polygons_rle(segmentation, height, width, where)
-    elif isinstance(segmentation, dict):
-        rle = _checked_rle(segmentation, height, width, where)
-    else:
-        raise DataError(
-            f"{where}: segmentation should be polygons or an RLE, found {_describe(segmentation)}"
-        )
-    mask = mask_utils.decode(rle).astype(bool)
-    if not mask.any():
-        raise DataError(f"{where}: the segmentation covers no pixel of its {height}x{width} (HxW) image")
-    return mask
-
-
-def _polygons_rle(polygons: list, height: int, width: int, where: str) -> dict:
-    """Merged RLE of COCO polygons `[[x0, y0, x1, y1, ...], ...]` after checking their coordinates."""
-    # Fewer than 3 points is no area; pycocotools would even read a 4-number list as a box.
-    checked = [
-        _polygon(p, height, width, f"{where}: polygon {k}")
-        for k, p in enumerate(polygons)
-        if not isinstance(p, list) or len(p) >= 6
-    ]
-    if not checked:
-        raise DataError(f"{where}: cannot decode segmentation: no polygon with at least three points")
-    return mask_utils.merge(mask_utils.frPyObjects(checked, height, width))
-
-
-def _polygon(polygon: object, height: int, width: int, where: str) -> list[float]:
-    try:
-        coords = np.asarray(polygon, dtype=np.float64)
-    except (TypeError, ValueError):
-        coords = None
-    if coords is None or coords.ndim != 1 or len(coords) % 2:
-        raise DataError(f"{where}: should be a flat list of x, y numbers, found {_describe(polygon)}")
-    if not np.isfinite(coords).all():
-        raise DataError(f"{where}: has a coordinate that is not a finite number")
-    for axis, name, side in ((0, "x", width), (1, "y", height)):
-        values = coords[axis::2]
-        if values.min() < -POLYGON_SLACK_PX or values.max() > side + POLYGON_SLACK_PX:
-            raise DataError(
-                f"{where}: {name} spans {values.min():g}..{values.max():g}, beyond the image's "
-                f"{height}x{width} (HxW): drawn for another image size?"
-            )
-    return coords.tolist()
-
-
-def _checked_rle(segmentation: dict, height: int, width: int, where: str) -> dict:
-    """A pycocotools RLE of an uncompressed (counts list) or compressed (counts string) COCO RLE whose
-    size is the image's and whose counts cover exactly its `height * width` pixels."""
-    size, counts = segmentation.get("size"), segmentation.get("counts")
-    if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
-        raise DataError(f"{where}: RLE size {_describe(size)} differs from the image size {[height, width]}")
-    if isinstance(counts, list):
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-            raise DataError(f"{where}: RLE counts should be non-negative integers")
-        covered = sum(counts)
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-    elif isinstance(counts, (str, bytes)):
-        encoded = counts.encode("utf-8") if isinstance(counts, str) else counts
-        covered = sum(_compressed_counts(encoded, where))
-        rle = {"size": [height, width], "counts": encoded}
-    else:
-        raise DataError(f"{where}: RLE counts should be a list or a string, found {_describe(counts)}")
-    if covered != height * width:
-        raise DataError(
-            f"{where}: RLE counts cover {covered} pixels but the {height}x{width} image has {height * width}"
-        )
-    return rle
-
-
-def _compressed_counts(encoded: bytes, where: str) -> list[int]:
-    """Decode COCO's compressed RLE string (pycocotools' rleFrString): runs of 5-bit groups in characters
-    48..111, 0x20 = more groups follow, 0x10 in the last group = negative; from the third run on, each is
-    stored as the difference to the run two before."""
-    counts, p = [], 0
-    while p < len(encoded):
-        value, shift, more = 0, 0, True
-        while more:
-            if p >= len(encoded) or not 0 <= encoded[p] - 48 < 64:
-                raise DataError(f"{where}: compressed RLE counts are malformed at character {p}")
-            group = encoded[p] - 48
-            value |= (group & 0x1F) << shift
-            more = bool(group & 0x20)
-            p, shift = p + 1, shift + 5
-            if not more and group & 0x10:
-                value |= -1 << shift
-        if len(counts) > 2:
-            value += counts[-2]
-        if value < 0:
-            raise DataError(f"{where}: compressed RLE counts decode to a negative run")
-        counts.append(value)
-    return counts

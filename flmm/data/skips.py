@@ -41,6 +41,15 @@ class SkipBudget:
         if enforce:
             self.check()
 
+    def state_dict(self) -> dict:
+        """What was counted (for a checkpoint): the reasons, and the keys counted once each."""
+        return {"reasons": list(self.reasons), "keys": list(self._keys)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on counting from `state` (a resumed run's): a record it counted is not counted again."""
+        self.reasons = list(state["reasons"])
+        self._keys = set(state["keys"])
+
     def check(self) -> None:
         """Raise DataError when the skipped share exceeds the cap."""
         if self.count / self.total > self.max_fraction:

@@ -24,7 +24,6 @@ says what was used.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from flmm.lmm.adapter import LMMAdapter, LMMImage
 from flmm.lmm.text import Span, phrase_ids_from_offsets
 from flmm.masks import mask_box
 from flmm.models.grounding import GroundingModel
+from flmm.models.sam_cache import image_key
 from flmm.models.selector import KeywordSelector
 
 SOURCES = ("auto", "answer", "selector")
@@ -183,7 +183,7 @@ class Demo:
 
     def prepare(self, image: np.ndarray) -> PreparedImage:
         """Preprocess `(H, W, 3)` uint8 RGB, or take it from the cache of the last `cache_size` images."""
-        key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+        key = image_key(image)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

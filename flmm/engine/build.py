@@ -50,8 +50,6 @@ def check_components(cfg: DictConfig, source: str = "config") -> None:
     `model.lmm` without `type` is checked against `adapter_for` and every family's arguments (the family
     follows the checkpoint, unknown until it is read); `data.synthetic` against `SyntheticConfig`.
     """
-    from flmm.data.synthetic import SyntheticConfig
-
     try:
         lmm = cfg.model.lmm
         if lmm.get("type") is not None:
@@ -66,6 +64,9 @@ def check_components(cfg: DictConfig, source: str = "config") -> None:
             if section is not None:
                 resolve_component(MODELS, f"model.{key}", section, provided)
         if cfg.data.synthetic is not None:
+            # The synthetic world's code is imported only for a config that generates one.
+            from flmm.data.synthetic import SyntheticConfig
+
             fields = [f.name for f in dataclasses.fields(SyntheticConfig)]
             check_keys("data.synthetic", "SyntheticConfig", list(cfg.data.synthetic), fields)
     except ConfigError as exc:

@@ -40,6 +40,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from flmm.masks import mask_rle
+
 IOU_THRESHOLD = 0.5
 TEXT_THRESHOLD = 0.5
 
@@ -150,7 +152,7 @@ def mask_ap(images: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]])
         shape = (gts[0] if len(gts) else preds[0]).shape if len(gts) or len(preds) else (1, 1)
         gt["images"].append({"id": image_id, "height": int(shape[0]), "width": int(shape[1])})
         for mask in gts:
-            rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+            rle = mask_rle(mask)
             gt["annotations"].append(
                 {
                     "id": len(gt["annotations"]) + 1,
@@ -163,7 +165,7 @@ def mask_ap(images: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]])
                 }
             )
         for mask in preds:
-            rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+            rle = mask_rle(mask)
             predictions.append({"image_id": image_id, "category_id": 1, "segmentation": rle, "score": 1.0})
     if not gt["annotations"] or not predictions:
         return {"AP50": 0.0, "AP": 0.0}

@@ -283,9 +283,12 @@ class GroundingModule(pl.LightningModule):
         }
         checkpoint["flmm_identity"] = self.lmm_identity()
         checkpoint["flmm_lmm_source"] = self.adapter.source
+        checkpoint["flmm_nonfinite_steps"] = [self._nonfinite_total, self._nonfinite_in_a_row]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_checkpoint_fits(self, checkpoint)
+        # A resumed run goes on counting its non-finite steps (checkpoints from before: from 0).
+        self._nonfinite_total, self._nonfinite_in_a_row = checkpoint.get("flmm_nonfinite_steps", [0, 0])
 
 
 def check_checkpoint_fits(module: GroundingModule, checkpoint: dict) -> None:

@@ -58,25 +58,55 @@ class RunSkipBudget:
     def by_dataset(self) -> dict[str, int]:
         return {name: budget.count for name, budget in self.budgets.items()}
 
+    def state_dict(self) -> dict:
+        return {name: budget.state_dict() for name, budget in self.budgets.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Each dataset's count from a resumed run's `state` (a dataset it did not have starts at 0)."""
+        for name, budget_state in state.items():
+            if name in self.budgets:
+                self.budgets[name].load_state_dict(budget_state)
+
 
 class SkipCounter(pl.Callback):
     """Count the broken records of training and validation batches across workers and ranks.
 
     The datamodule gives `dataset_sizes()` ({name: records}) and `load_skips()` (records dropped when the
     datasets were built, counted from the start); the count is logged as `train/skipped_records`
-    (0 included, so the log says that nothing was lost) and printed on rank 0 when it grows.
+    (0 included, so the log says that nothing was lost) and printed on rank 0 when it grows. The count is
+    saved in checkpoints, so a resumed run goes on with the whole run's budget, not a fresh one.
     """
 
     def __init__(self, max_fraction: float):
         self.max_fraction = float(max_fraction)
         self.budget: RunSkipBudget | None = None
         self._pending: list[Skipped] = []
+        self._load_skips: list[Skipped] = []
+        self._restored: dict | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         self.budget = RunSkipBudget(datamodule.dataset_sizes(), self.max_fraction)
         # Every rank built the same datasets and dropped the same records: no gather.
-        self.budget.add(datamodule.load_skips())
+        self._load_skips = datamodule.load_skips()
+        self.budget.add(self._load_skips)
+        self._restore()
+
+    def state_dict(self) -> dict:
+        return {} if self.budget is None else {"budgets": self.budget.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = state_dict.get("budgets")
+        self._restore()
+
+    def _restore(self) -> None:
+        """Apply a checkpoint's count once both it and the budget exist (Lightning may give either first);
+        records dropped at load time that the resumed run did not know are counted on top."""
+        if self.budget is None or self._restored is None:
+            return
+        self.budget.load_state_dict(self._restored)
+        self.budget.add(self._load_skips)
+        self._restored = None
 
     def _count(self, trainer: pl.Trainer, skipped: list[Skipped]) -> None:
         before = self.budget.count

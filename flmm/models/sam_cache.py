@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,10 +37,11 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def image_key(image: torch.Tensor) -> str:
-    """sha256 of a uint8 image `(3, H, W)`: its shape and pixels."""
-    digest = hashlib.sha256(str(tuple(image.shape)).encode())
-    digest.update(image.detach().cpu().contiguous().numpy().tobytes())
+def image_key(image: torch.Tensor | np.ndarray) -> str:
+    """sha256 of an image array (uint8 `(3, H, W)` here, `(H, W, 3)` in the demo): its shape and pixels."""
+    pixels = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
+    digest = hashlib.sha256(str(tuple(pixels.shape)).encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
     return digest.hexdigest()
 
 

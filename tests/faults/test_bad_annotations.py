@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from flmm.data.coco_masks import _compressed_counts, decode_segmentation
 from flmm.data.datasets import RefCocoDataset
 from flmm.data.png import load_png_split, phrase_masks
-from flmm.data.refcoco import _compressed_counts, decode_segmentation, load_refer_split
+from flmm.data.refcoco import load_refer_split
 from flmm.data.safe_pickle import load_plain_pickle
 from flmm.data.synthetic import _rle_counts
 from flmm.errors import DataError

@@ -56,6 +56,17 @@ def test_an_epoch_with_data_workers_counts_every_broken_record_once(broken_world
     assert counts == sorted(counts)
 
 
+def test_a_resumed_run_goes_on_with_the_whole_runs_skip_count(broken_world, broken_run: Path, tmp_path):
+    world, records = broken_world
+    output_dir = tmp_path / "run"
+    shutil.copytree(broken_run, output_dir)
+    overrides = one_epoch(world, output_dir, "data.max_skip_fraction=0.6", "train.epochs=2")
+    resume = ["--resume", str(output_dir / "checkpoints" / "last.ckpt"), "--allow-config-change"]
+    assert load_tool("train").main([str(TOY_CONFIG), *overrides, *resume]) == 0
+    counts = {value for _, value in logged(read_metrics(output_dir, version=1), "train/skipped_records")}
+    assert counts == {broken(records)}  # from its first step on: the same records, counted once
+
+
 def test_an_evaluation_reports_the_broken_records_of_each_split(broken_world, broken_run: Path, tmp_path):
     _, records = broken_world
     argv = ["--ckpt", str(broken_run / "checkpoints" / "last.ckpt"), "--splits", "refcoco:train"]

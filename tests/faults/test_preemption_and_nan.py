@@ -89,6 +89,17 @@ def test_a_nan_loss_skips_its_step_and_no_weight_or_checkpoint_is_poisoned(
     assert counts[0] == (1, 1.0) and {value for _, value in counts} == {1.0}  # first at step 1, one in all
 
 
+def test_a_resumed_run_goes_on_counting_its_non_finite_steps(toy_world: ToyWorld, tmp_path: Path):
+    cfg = load_config(TOY_CONFIG, toy_overrides(toy_world, tmp_path / "run"))
+    stopped = GroundingModule(config_to_dict(cfg))
+    stopped._nonfinite_total, stopped._nonfinite_in_a_row = 5, 2
+    checkpoint = {"state_dict": stopped.state_dict()}
+    stopped.on_save_checkpoint(checkpoint)
+    resumed = GroundingModule(config_to_dict(cfg))
+    resumed.on_load_checkpoint(checkpoint)
+    assert (resumed._nonfinite_total, resumed._nonfinite_in_a_row) == (5, 2)
+
+
 def test_non_finite_steps_in_a_row_stop_the_run_with_a_clear_message(toy_world: ToyWorld, tmp_path: Path):
     with pytest.raises(FlmmError, match=r"2 training steps in a row had non-finite gradients"):
         _train_with_nan_losses(toy_world, tmp_path / "run", {0, 1, 2}, "train.max_nonfinite_in_a_row=2")
