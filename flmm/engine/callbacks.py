@@ -17,7 +17,8 @@ from flmm.progress import ProgressLine, format_duration, plain_lines
 
 class ValidationOverlays(pl.Callback):
     """Draw prediction (filled) and ground truth (white outline) for the first `n_samples` validation samples
-    of the first validation split; write `out_dir/epoch_NNN/K.png` and log them to TensorBoard."""
+    that rank 0 scores of the first validation split (under DDP its shard: samples 0, W, 2W, ... of W
+    ranks); write `out_dir/epoch_NNN/K.png` and log them to TensorBoard."""
 
     def __init__(self, out_dir: str | Path, n_samples: int = 4):
         self.out_dir = Path(out_dir)

@@ -233,6 +233,8 @@ class GroundingModule(pl.LightningModule):
 
     def configure_optimizers(self):
         train = self.cfg.train
+        # Decay on every trainable tensor, norms and biases included: the reference's AdamW (DESIGN.md) sets
+        # no per-parameter groups.
         optimizer = torch.optim.AdamW(
             self.trainable_parameters(), lr=train.lr, weight_decay=train.weight_decay
         )
