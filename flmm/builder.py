@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import inspect
+import types
+import typing
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -70,11 +73,78 @@ def resolve_component(
         inspect.signature(component).bind(**kwargs, **dict.fromkeys(provided))
     except TypeError as exc:
         raise ConfigError(f"{section}: {type_name}: {exc}") from None
+    check_types(section, component, kwargs)
     return component, kwargs
+
+
+# Annotations `check_types` understands; any other (a tensor, a callable, a union of those) is left to the
+# component itself (its constructor's errors become ConfigErrors in `build_component`).
+_SIMPLE = {int: "an int", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _matches(value: Any, kind: Any) -> bool | None:
+    """Whether `value` fits the annotation `kind` (None: an annotation not checked here)."""
+    if kind is Any:
+        return None
+    if kind is type(None):
+        return value is None
+    if kind in _SIMPLE:
+        if kind is bool:
+            return isinstance(value, bool)
+        if isinstance(value, bool):
+            return False
+        return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        results = [_matches(value, arg) for arg in args]
+        return None if None in results and not any(results) else any(bool(r) for r in results)
+    sequence = origin in (list, collections.abc.Sequence) and len(args) == 1
+    if sequence or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0]
+        results = [_matches(v, item) for v in value]
+        return None if None in results else all(results)
+    return None
+
+
+def _describe(kind: Any) -> str:
+    if kind in _SIMPLE:
+        return _SIMPLE[kind]
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if args:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    return str(kind)
+
+
+def check_types(section: str, component: Any, kwargs: dict[str, Any]) -> None:
+    """ConfigError naming `section.key` for a keyword whose value does not fit the component's annotation
+    (`model.mask_head.size=abc` where `size: int`), checked at load time for the plain annotations (int,
+    float, bool, str, a sequence of them, optional ones); the others are left to the constructor."""
+    function = component.__init__ if inspect.isclass(component) else component
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # an annotation that does not evaluate here: nothing to check against
+        return
+    for key, value in kwargs.items():
+        kind = hints.get(key)
+        if kind is not None and _matches(value, kind) is False:
+            raise ConfigError(f"{section}.{key}: expected {_describe(kind)}, got {value!r}")
 
 
 def build_component(registry: Registry, section: str, cfg: DictConfig | dict, **extra: Any) -> Any:
     """Build `cfg` (`{type: Name, **kwargs}`) from `registry`, adding `extra` keyword arguments (errors as
     in `resolve_component`)."""
     component, kwargs = resolve_component(registry, section, cfg, provided=extra)
-    return component(**kwargs, **extra)
+    try:
+        return component(**kwargs, **extra)
+    except (TypeError, ValueError) as exc:
+        # A value the constructor refuses (`size=abc`, `channels=[a,b]`, `threshold=2`): the config's fault.
+        # Only this call is wrapped, so an error elsewhere still shows its traceback.
+        name = getattr(component, "__name__", str(component))
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"{section}: {name} refused its arguments ({type(exc).__name__}: {message})"
+        ) from exc

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flmm.cli import parse_with_overrides
+from flmm.cli import output_folder, parse_with_overrides
 from flmm.config import load_config
 from flmm.data.overlay import draw_overlay
 from flmm.data.splits import build_split_dataset
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_with_overrides(parser, argv, "data.root=/datasets")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        output_folder(args.out)
         cfg = load_config(args.config, args.overrides)
         ensure_synthetic_world(cfg.data)
         n, broken = browse(cfg, args.split, args.protocol or cfg.data.protocol, args.out, args.overlays)

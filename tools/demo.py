@@ -26,7 +26,14 @@ import logging
 import sys
 from pathlib import Path
 
-from flmm.cli import add_attend_arguments, parse_with_overrides
+from flmm.cli import (
+    add_attend_arguments,
+    device_name,
+    fraction,
+    output_folder,
+    parse_with_overrides,
+    positive_int,
+)
 from flmm.data.image_io import load_rgb
 from flmm.demo.answer import GenerationSettings
 from flmm.demo.output import format_answer, write_outputs
@@ -58,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=Path("demo_out"), help="folder for overlay.png, result.json"
     )
     parser.add_argument("--format", choices=TEXT_FORMATS, default="plain", help="how the answer is printed")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     decoding = parser.add_mutually_exclusive_group()
     decoding.add_argument("--greedy", dest="sample", action="store_false", help="greedy decoding (default)")
     decoding.add_argument("--sample", dest="sample", action="store_true", help="sample the answer")
@@ -67,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--top-heads",
-        type=float,
+        type=fraction,
         default=None,
         metavar="FRACTION",
         help="attend-and-segment: average only this fraction of the most concentrated attention heads",
@@ -78,7 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="a system turn before the question (default: the chat template's own, if it has one)",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument(
+        "--device", type=device_name, default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
+    )
     parser.add_argument(
         "--prefill-grounding",
         action="store_true",
@@ -104,6 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--image is required (or --web)")
     if args.question is None and not args.phrases:
         parser.error("give a question, --phrases, or both")
+    if args.question is not None and not args.question.strip():
+        parser.error("the question is empty: ask something, or leave it out and give --phrases")
     return args
 
 
@@ -152,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.web:
             serve(args, settings)
             return 0
-        # The image and the phrases first: a wrong path fails before minutes of model loading.
+        # The output folder, the image and the phrases first: a wrong path fails before minutes of model
+        # loading, and an --out that cannot be written before the answer is lost.
+        output_folder(args.out)
         image = load_rgb(args.image)
         phrases = parse_phrase_list(args.phrases) if args.phrases else None
         result = load_demo(args, args.mode).run(image, args.question, phrases, settings, args.source)

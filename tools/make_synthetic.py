@@ -14,7 +14,7 @@ import time
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from flmm.cli import parse_with_overrides
+from flmm.cli import output_folder, parse_with_overrides
 from flmm.data.synthetic import SyntheticConfig, generate_world
 from flmm.errors import ConfigError
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_with_overrides(p, argv, "overlap=0.5")
     start = time.perf_counter()
     try:
+        output_folder(args.out)
         config = SyntheticConfig(
             seed=args.seed,
             n_res_images=args.images,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset
 
-from flmm.cli import parse_with_overrides
+from flmm.cli import output_file, parse_with_overrides, positive_int, split_list
 from flmm.config import load_config
 from flmm.data.splits import build_split_dataset
 from flmm.data.synthetic_setup import ensure_synthetic_world
@@ -33,7 +33,7 @@ def probe(args: argparse.Namespace) -> dict:
     overrides = [*args.overrides, f"model.lmm.model={args.lmm}", f"model.lmm.capture={args.capture}"]
     cfg = load_config(args.config, overrides)
     ensure_synthetic_world(cfg.data)
-    splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    splits = args.split
     preflight(cfg, splits)
     adapter = build_adapter(cfg)
     transform = adapter.image_transform()
@@ -48,22 +48,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lmm", required=True, help="LMM checkpoint folder (or hub id)")
     parser.add_argument("--config", default="configs/flmm_toy.yaml", help="config giving data and adapter")
     parser.add_argument(
-        "--split", default="refcoco:val", help="RefCOCO-format split(s), DATASET:SPLIT[,DATASET:SPLIT...]"
+        "--split",
+        type=split_list,
+        default="refcoco:val",
+        help="RefCOCO-format split(s), DATASET:SPLIT[,DATASET:SPLIT...]",
     )
     parser.add_argument("--capture", choices=["hooked", "eager"], default="hooked")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parse_with_overrides(parser, argv, "data.root=/data")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.out is not None:
+            output_file(args.out)  # before the probe, so that its results are not lost
         results = probe(args)
     except FlmmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     kinds = ", ".join(f"{k} {v['pointing']:.3f} (n={v['n']})" for k, v in results["by_kind"].items())
     print(
-        f"pointing {results['pointing']:.3f} over {results['n']} phrases of {args.split} "
+        f"pointing {results['pointing']:.3f} over {results['n']} phrases of {','.join(args.split)} "
         f"(chance {results['chance']:.3f})"
     )
     print(f"by kind: {kinds}")

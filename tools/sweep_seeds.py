@@ -19,9 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flmm.cli import parse_with_overrides
+from flmm.cli import output_folder, parse_with_overrides
+from flmm.engine.evaluate import RES_EVAL_PROTOCOLS
+from flmm.errors import FlmmError
 
 TOOLS = Path(__file__).resolve().parent
+PROTOCOLS = ("both", *RES_EVAL_PROTOCOLS)  # tools/test.py's --protocol
 METRICS = ("cIoU", "coarse_cIoU", "gIoU", "P@0.5", "AR", "selector_token_F1")
 
 
@@ -81,9 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="YAML config, e.g. configs/flmm_toy.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="default runs/sweep_<config name>")
-    parser.add_argument("--protocol", default="all-sentences", help="RES protocol(s) of tools/test.py")
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="all-sentences", help="RES protocol(s) of tools/test.py"
+    )
     args = parse_with_overrides(parser, argv, "train.epochs=3")
-    out = args.out or Path("runs") / f"sweep_{Path(args.config).stem}"
+    try:
+        if args.out is not None:
+            out = output_folder(args.out)
+        else:
+            out = output_folder(Path("runs") / f"sweep_{Path(args.config).stem}", "the default output folder")
+    except FlmmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         runs = {seed: run_seed(args.config, seed, out, args.protocol, args.overrides) for seed in args.seeds}
     except subprocess.CalledProcessError as exc:

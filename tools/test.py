@@ -41,7 +41,14 @@ import logging
 import sys
 from pathlib import Path
 
-from flmm.cli import add_attend_arguments, parse_with_overrides
+from flmm.cli import (
+    add_attend_arguments,
+    fraction,
+    output_folder,
+    parse_with_overrides,
+    positive_int,
+    split_list,
+)
 from flmm.config import load_config
 from flmm.data.gcg import is_gcg_split
 from flmm.data.synthetic_setup import ensure_synthetic_world
@@ -76,39 +83,45 @@ TASKS = ("grounding", "gcg")
 
 def test(args: argparse.Namespace) -> tuple[dict | None, Path]:
     """Evaluate as the command line asks; return the results (None on ranks other than 0) and the folder."""
+    gcg = args.task == "gcg"
+    task_folder, default = ("gcg" if gcg else ""), "the default output folder"
+    # The output folder first: one that cannot be written fails now, not after the evaluation.
+    out = None if args.out is None else output_folder(args.out)
     if args.mode == "head":
+        out = out or output_folder(default_out_dir(args.ckpt) / task_folder, default)
         checkpoint = load_checkpoint(args.ckpt)
         cfg = checkpoint_config(checkpoint, args.overrides, source=str(args.ckpt))
     else:
         cfg = load_config(args.config, args.overrides)
-    requested = [s.strip() for s in (args.splits or "").split(",") if s.strip()]
+        out = out or output_folder(
+            Path(str(cfg.output_dir)) / "eval_attend-and-segment" / task_folder, default
+        )
+    requested = args.splits or []
     # A checkpoint's config may come from elsewhere: its data root is written to only when asked (a user's
     # own --config is theirs to act on, as in training).
     build = args.mode != "head" or args.build_missing
     if build:
         ensure_synthetic_world(cfg.data)
-    gcg = args.task == "gcg"
     splits = (requested or ["png:val2017"]) if gcg else resolve_splits(cfg, requested)
     preflight(cfg, [s for s in splits if not is_gcg_split(s)], "" if build else BUILD_HINT)
     if args.mode == "head":
-        out = args.out or default_out_dir(args.ckpt)
         module = load_module(checkpoint, cfg)
         predictor, adapter, mode = None, module.adapter, "trained-head"
         demo_models = {"head": module.model, "selector": module.selector}
     else:
-        out = args.out or Path(str(cfg.output_dir)) / "eval_attend-and-segment"
         module = None
         predictor = build_attend_and_segment(cfg, args.top_heads, args.variant, args.heads)
         adapter, mode, demo_models = predictor.adapter, "attend-and-segment", {"attend": predictor}
     if gcg:
-        out = args.out or out / "gcg"
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens or 64)
+        settings = GenerationSettings(64 if args.max_new_tokens is None else args.max_new_tokens)
         checkpoint = str(args.ckpt.resolve()) if args.ckpt else None
         demo = Demo(adapter, **demo_models)
         return run_gcg(demo, cfg.data.root, splits, out, settings, mode=mode, checkpoint=checkpoint), out
     if args.answer_first:
         demo = Demo(adapter, question_suffix=SHORT_ANSWER, **demo_models)
-        predictor = AnswerThenGround(demo, GenerationSettings(max_new_tokens=args.max_new_tokens or 16))
+        predictor = AnswerThenGround(
+            demo, GenerationSettings(16 if args.max_new_tokens is None else args.max_new_tokens)
+        )
         mode = f"{mode}, answer-first"
     results = evaluate(
         module,
@@ -149,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", type=Path, help="config of the LMM and SAM (mode attend-and-segment)")
     parser.add_argument(
-        "--top-heads", type=float, default=None, help="attend-and-segment: keep this fraction of heads"
+        "--top-heads", type=fraction, default=None, help="attend-and-segment: keep this fraction of heads"
     )
     add_attend_arguments(parser)
     parser.add_argument(
@@ -159,9 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--task", choices=TASKS, default="grounding", help="grounding (RES, PNG) or gcg")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help="answer length (16 with --answer-first, 64 for gcg)"
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        help="answer length (16 with --answer-first, 64 for gcg)",
     )
-    parser.add_argument("--splits", default=None, help="comma-separated DATASET:SPLIT names")
+    parser.add_argument("--splits", type=split_list, default=None, help="comma-separated DATASET:SPLIT names")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="both", help="RES protocol(s)")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     parser.add_argument("--save-masks", action="store_true", help="write every predicted mask as RLE")

@@ -12,12 +12,15 @@ multi-node DDP use Lightning's own settings: `train.devices`, `train.num_nodes`,
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib.util
 import logging
 import sys
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
@@ -53,8 +56,9 @@ def checkpoint_callbacks(cfg, folder: Path) -> list[ModelCheckpoint]:
     - save_on_exception: a scheduler's SIGTERM (preemption) ends the run through Lightning's
       SIGTERMException, which then writes a resumable checkpoint at the step reached, and so does an error.
 
-    No version counter: `last.ckpt` is overwritten even when this run did not write it (a fresh run in an
-    old output_dir, a run folder moved before resuming), instead of a new `last-v1.ckpt` beside it.
+    No version counter: `last.ckpt` is overwritten even when this run did not write it (a run folder moved
+    before resuming), instead of a new `last-v1.ckpt` beside it; a fresh run into an output_dir that holds
+    one is refused first (`check_run`).
     """
     train = cfg.train
     common = {"dirpath": folder, "auto_insert_metric_name": False, "enable_version_counter": False}
@@ -127,12 +131,93 @@ def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
     )
 
 
+def monitor_choices(cfg) -> list[str]:
+    """The keys validation logs (GroundingModule.on_validation_epoch_end), which `train.monitor` may name."""
+    keys = []
+    for split in cfg.data.val_splits:
+        headline = headline_key(split)
+        names = ["AR", "n_queries"] if headline == "AR" else ["cIoU", "gIoU", "P@0.5", "n_queries"]
+        names.append(f"coarse_{headline}")
+        if headline == "AR" and cfg.model.selector is not None:
+            # Logged only where tokens carry word-selection labels: the PNG narratives.
+            names.append("selector_token_F1")
+        keys += [f"val/{split}/{name}" for name in names]
+    return keys
+
+
+def check_accelerator(train) -> None:
+    """ConfigError when `train.accelerator` / `train.devices` name hardware this machine lacks."""
+    accelerator, devices = str(train.accelerator), train.devices
+    cuda = torch.cuda.is_available()
+    mps = torch.backends.mps.is_available()
+    if accelerator in ("gpu", "cuda") and not cuda and not (accelerator == "gpu" and mps):
+        raise ConfigError(
+            f"train.accelerator={accelerator}: no CUDA GPU is visible on this machine "
+            "(torch.cuda.is_available() is False); use train.accelerator=cpu, or auto to take what there is"
+        )
+    if accelerator == "mps" and not mps:
+        raise ConfigError("train.accelerator=mps: no Apple MPS device on this machine; use cpu or auto")
+    if accelerator == "tpu" and importlib.util.find_spec("torch_xla") is None:
+        raise ConfigError("train.accelerator=tpu: torch_xla is not installed; use cpu, gpu or auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda and not mps)
+    processes = isinstance(devices, int) or (isinstance(devices, str) and devices.strip().isdigit())
+    if on_cpu and devices != "auto" and not (processes and int(devices) > 0):
+        shown = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
+        raise ConfigError(
+            f"train.devices={shown!r}: on the CPU, devices is a number of processes (an int > 0) or auto; "
+            "device indices and -1 are for GPUs"
+        )
+    gpus = accelerator in ("gpu", "cuda", "auto") and cuda
+    if gpus and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(
+            f"train.devices={devices}: this machine has {torch.cuda.device_count()} visible CUDA GPU(s)"
+        )
+
+
+def check_run(cfg, resume: str | None) -> None:
+    """Refuse, before anything is loaded or written, a run that cannot train or would lose work: nothing to
+    train on, no LMM, hardware that is absent, a `train.monitor` validation never logs, or a fresh run over
+    an output_dir that holds a previous run's last.ckpt."""
+    last = Path(str(cfg.output_dir)) / "checkpoints" / "last.ckpt"
+    if resume is None and last.exists():
+        raise ConfigError(
+            f"output_dir={cfg.output_dir} already holds a run ({last}); a fresh run would replace its "
+            f"checkpoints. To continue it: --resume {last}; to start anew, choose another output_dir "
+            "(output_dir=PATH) or remove the old one"
+        )
+    if not cfg.data.train_splits:
+        raise ConfigError(
+            "data.train_splits is empty: nothing to train on (e.g. data.train_splits=[refcoco:train])"
+        )
+    if not cfg.model.lmm.get("model"):
+        raise ConfigError(
+            "model.lmm.model is not set: give the LMM as a hub id or a checkpoint folder "
+            "(in the config, or model.lmm.model=PATH)"
+        )
+    if "spawn" in str(cfg.train.strategy):
+        # A pickled transformers model misses state its __init__ registers, so spawned workers cannot run it.
+        raise ConfigError(f"train.strategy={cfg.train.strategy} is not supported; use ddp")
+    check_accelerator(cfg.train)
+    validates = cfg.data.val_splits and float(cfg.train.limit_val_batches) > 0
+    if cfg.train.monitor is not None and validates:
+        choices = monitor_choices(cfg)
+        if cfg.train.monitor not in choices:
+            close = difflib.get_close_matches(str(cfg.train.monitor), choices, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"train.monitor={cfg.train.monitor}: validation never logs it.{hint} "
+                f"Validation logs: {', '.join(choices)}"
+            )
+
+
 def train(cfg, resume: str | None = None, allow_config_change: bool = False) -> Path:
     """Run training for a loaded config; return the path of the last checkpoint.
 
     `resume`: a checkpoint of this run to continue from; its stored config must equal `cfg` (up to where
-    things are, `flmm.engine.resume`) unless `allow_config_change`.
+    things are, `flmm.engine.resume`) unless `allow_config_change`. Without it, `output_dir` must not hold
+    a previous run's `checkpoints/last.ckpt` (`check_run`).
     """
+    check_run(cfg, resume)
     pl.seed_everything(int(cfg.seed), workers=True)
     checkpoint = None if resume is None else read_checkpoint(resume)
     if checkpoint is not None:
@@ -151,9 +236,12 @@ def train(cfg, resume: str | None = None, allow_config_change: bool = False) -> 
     datamodule = GroundingDataModule(cfg.data, module.adapter.image_transform())
     trainer = build_trainer(cfg, output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    last = output_dir / "checkpoints" / "last.ckpt"
     if trainer.is_global_zero:
-        print(f"done; latest checkpoint: {output_dir / 'checkpoints' / 'last.ckpt'}")
-    return output_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FlmmError(f"training ended without writing a checkpoint: {last} does not exist")
+        print(f"done; latest checkpoint: {last}")
+    return last
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -343,10 +343,26 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FlmmError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise FlmmError(f"{path}: not a readable checkpoint: the file is empty (0 bytes)")
+    with open(path, "rb") as handle:
+        zipped = handle.read(4) == b"PK\x03\x04"  # torch.save's format is a zip archive
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise FlmmError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        # torch's messages run to many lines (the weights-only advice); the first one is the cause.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+        if not zipped:
+            what = "not a PyTorch checkpoint written by tools/train.py"
+        elif "central directory" in str(exc) or isinstance(exc, (OSError, EOFError)):
+            what = (
+                f"a truncated or damaged PyTorch file ({size} bytes; a copy or a write that did not finish?)"
+            )
+        else:
+            what = "a PyTorch file, but not a checkpoint written by tools/train.py"
+        raise FlmmError(f"{path}: not a readable checkpoint: {what} ({cause})") from None
     if not isinstance(checkpoint, dict) or "flmm_identity" not in checkpoint:
         raise FlmmError(f"{path}: not a checkpoint written by flmm's trainer (no flmm_identity)")
     return checkpoint
