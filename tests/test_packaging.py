@@ -4,6 +4,7 @@ come with the package (`pip install .`), and configs find shipped files wherever
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,9 @@ def test_the_installed_package_holds_every_module_of_the_source_tree(installed: 
 
 def test_every_console_script_is_a_tool_with_a_main(installed: Path):
     scripts = _entry_points(installed)
-    assert {"flmm-train", "flmm-test", "flmm-demo", "flmm-browse", "flmm-export-head"} <= set(scripts)
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("gives console scripts with the tools' arguments:", 1)[1].split(". ", 1)[0]
+    assert set(scripts) == set(re.findall(r"`(flmm-[a-z-]+)`", listed))  # the README names them all
     for name, target in scripts.items():
         module, _, function = target.partition(":")
         assert module.startswith("flmm_tools.") and function == "main", name
