@@ -165,12 +165,18 @@ def _check_sections(loaded: DictConfig, source: str, section: str = "") -> None:
     """ConfigError for a schema section (`data`, `model`, ...) given a plain value instead of a mapping."""
     for key in loaded:
         name = f"{section}.{key}" if section else str(key)
-        if not _schema_keys(name) or OmegaConf.is_missing(loaded, key):
+        if (
+            not _schema_keys(name)
+            or OmegaConf.is_missing(loaded, key)
+            or OmegaConf.is_interpolation(loaded, key)
+        ):
             continue
-        value = loaded._get_node(key)._value()
-        if isinstance(value, DictConfig) or value is None:
-            if isinstance(value, DictConfig):
-                _check_sections(value, source, name)
+        node = loaded._get_node(key)
+        if isinstance(node, DictConfig):
+            _check_sections(node, source, name)
+            continue
+        value = node._value()
+        if value is None:
             continue
         raise ConfigError(
             f"{source}: '{name}' must be a section (a mapping with keys {', '.join(_schema_keys(name))}), "

@@ -61,7 +61,10 @@ RULES: dict[str, Rule] = {
     MAIN: Rule("setup", shrink="train.epochs=1"),
     TEST_COMMAND: Rule("setup"),
     ".venv/bin/python tools/train.py configs/flmm_llava7b.yaml [key=value ...] "
-    "[--resume runs/flmm_llava7b/checkpoints/last.ckpt]": Rule("refuses", r"missing"),
+    "[--resume runs/flmm_llava7b/checkpoints/last.ckpt]": Rule(
+        "refuses",
+        r"cannot start, missing:\n  - SAM weights \(model\.refiner\.checkpoint\): .*sam_vit_l_0b3195",
+    ),
     ".venv/bin/python tools/test.py --ckpt runs/flmm_llava7b/checkpoints/last.ckpt [--splits refcoco:val,"
     "refcocog:test] [--protocol all-sentences|first-sentence-concat|both] [--out DIR] [--save-masks] "
     "[--overlays N] [key=value ...]": Rule("refuses", r"runs/flmm_llava7b/checkpoints/last.ckpt"),

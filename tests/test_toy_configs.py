@@ -136,7 +136,8 @@ def test_shipped_toy_models_are_what_their_recipes_make(tmp_path: Path):
 
 def test_a_missing_toy_model_stops_the_run_with_the_command_that_builds_it(tmp_path: Path, capsys):
     missing = tmp_path / "toy_models" / "tiny_llava_random"
-    assert load_tool("train").main([str(CONTROL), f"model.lmm.model={missing}"]) == 2
+    argv = [str(CONTROL), f"model.lmm.model={missing}", f"output_dir={tmp_path / 'run'}"]
+    assert load_tool("train").main(argv) == 2
     err = capsys.readouterr().err
     assert f"python tools/pretrain_toy_lmm.py --out {missing}" in err and "--steps 0" in err
     assert not missing.exists() and not (tmp_path / "toy_models").exists()
@@ -144,7 +145,8 @@ def test_a_missing_toy_model_stops_the_run_with_the_command_that_builds_it(tmp_p
 
 def test_a_missing_shipped_llava_names_both_of_its_pretraining_stages(tmp_path: Path, capsys):
     missing = tmp_path / "toy_models" / "tiny_llava"
-    assert load_tool("train").main([str(DEFAULT), f"model.lmm.model={missing}"]) == 2
+    argv = [str(DEFAULT), f"model.lmm.model={missing}", f"output_dir={tmp_path / 'run'}"]
+    assert load_tool("train").main(argv) == 2
     err = " ".join(capsys.readouterr().err.split())
     init = load_recipe(LmmRecipe, REPO_ROOT / "configs" / "toy_lmm_chat.yaml").init
     assert f"`python tools/pretrain_toy_lmm.py --out {init}` then" in err

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # The output folder, the image and the phrases first: a wrong path fails before minutes of model
         # loading, and an --out that cannot be written before the answer is lost.
-        output_folder(args.out)
+        output_folder(args.out, "cannot write the outputs to --out")
         image = load_rgb(args.image)
         phrases = parse_phrase_list(args.phrases) if args.phrases else None
         result = load_demo(args, args.mode).run(image, args.question, phrases, settings, args.source)

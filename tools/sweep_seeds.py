@@ -96,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     except FlmmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # tools/train.py refuses to start over a run; say so for every seed before the first one trains.
+    done = [
+        out / f"seed_{seed}" for seed in args.seeds if (out / f"seed_{seed}/checkpoints/last.ckpt").is_file()
+    ]
+    if done:
+        print(
+            f"error: {', '.join(map(str, done))} already hold a run; give the sweep another --out or "
+            "remove them",
+            file=sys.stderr,
+        )
+        return 2
     try:
         runs = {seed: run_seed(args.config, seed, out, args.protocol, args.overrides) for seed in args.seeds}
     except subprocess.CalledProcessError as exc:

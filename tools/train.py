@@ -176,8 +176,9 @@ def check_accelerator(train) -> None:
 
 def check_run(cfg, resume: str | None) -> None:
     """Refuse, before anything is loaded or written, a run that cannot train or would lose work: nothing to
-    train on, no LMM, hardware that is absent, a `train.monitor` validation never logs, or a fresh run over
-    an output_dir that holds a previous run's last.ckpt."""
+    train on, no LMM, a spawn strategy, a `train.monitor` validation never logs, or a fresh run over an
+    output_dir that holds a previous run's last.ckpt. (Absent hardware: `check_accelerator`, after the
+    preflight of weights and data.)"""
     last = Path(str(cfg.output_dir)) / "checkpoints" / "last.ckpt"
     if resume is None and last.exists():
         raise ConfigError(
@@ -197,7 +198,6 @@ def check_run(cfg, resume: str | None) -> None:
     if "spawn" in str(cfg.train.strategy):
         # A pickled transformers model misses state its __init__ registers, so spawned workers cannot run it.
         raise ConfigError(f"train.strategy={cfg.train.strategy} is not supported; use ddp")
-    check_accelerator(cfg.train)
     validates = cfg.data.val_splits and float(cfg.train.limit_val_batches) > 0
     if cfg.train.monitor is not None and validates:
         choices = monitor_choices(cfg)
@@ -226,6 +226,8 @@ def train(cfg, resume: str | None = None, allow_config_change: bool = False) -> 
             print(f"resuming with a changed config: {change}", flush=True)
     ensure_synthetic_world(cfg.data)
     preflight(cfg, [*cfg.data.train_splits, *cfg.data.val_splits])
+    # After the missing weights and data (one message for those), before any model loads.
+    check_accelerator(cfg.train)
     module = GroundingModule(config_to_dict(cfg))
     if checkpoint is not None:
         # Before anything is written: a refused checkpoint must leave its run folder as it was.

@@ -351,8 +351,13 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        # torch's messages run to many lines (the weights-only advice); the first one is the cause.
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's messages run to many lines; the weights-only one is advice around the unpickler's cause.
+        text = str(exc)
+        marker = "WeightsUnpickler error:"
+        if marker in text:
+            after = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+            text = f"refused by the weights-only unpickler: {after[0] if after else 'no cause given'}"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         cause = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
         if not zipped:
             what = "not a PyTorch checkpoint written by tools/train.py"
