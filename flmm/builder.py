@@ -108,14 +108,14 @@ def _matches(value: Any, kind: Any) -> bool | None:
     return None
 
 
-def _describe(kind: Any) -> str:
+def _kind_text(kind: Any) -> str:
     if kind in _SIMPLE:
         return _SIMPLE[kind]
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+        return " or ".join("null" if a is type(None) else _kind_text(a) for a in args)
     if args:
-        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+        return f"a list of {_kind_text(args[0]).removeprefix('an ').removeprefix('a ')}s"
     return str(kind)
 
 
@@ -131,7 +131,7 @@ def check_types(section: str, component: Any, kwargs: dict[str, Any]) -> None:
     for key, value in kwargs.items():
         kind = hints.get(key)
         if kind is not None and _matches(value, kind) is False:
-            raise ConfigError(f"{section}.{key}: expected {_describe(kind)}, got {value!r}")
+            raise ConfigError(f"{section}.{key}: expected {_kind_text(kind)}, got {value!r}")
 
 
 def build_component(registry: Registry, section: str, cfg: DictConfig | dict, **extra: Any) -> Any:
