@@ -35,7 +35,7 @@ from flmm.engine.datamodule import GroundingDataModule
 from flmm.engine.module import GroundingModule, check_checkpoint_fits, read_checkpoint
 from flmm.engine.resume import check_resume_config
 from flmm.engine.skips import SkipCounter
-from flmm.engine.task_metrics import headline_key
+from flmm.engine.task_metrics import headline_key, validation_keys
 from flmm.errors import ConfigError, FlmmError
 
 # The frozen LMM and SAM image encoder stay in eval mode on purpose (tests/test_engine_train.py checks it).
@@ -93,11 +93,9 @@ def checkpoint_callbacks(cfg, folder: Path) -> list[ModelCheckpoint]:
 
 
 def build_trainer(cfg, output_dir: Path) -> pl.Trainer:
-    """The Lightning Trainer of a config: loggers, checkpoints, overlays, skips, precision, devices, DDP."""
+    """The Lightning Trainer of a config (checked by `check_run`): loggers, checkpoints, overlays, skips,
+    precision, devices, DDP."""
     train = cfg.train
-    if "spawn" in str(train.strategy):
-        # A pickled transformers model misses state its __init__ registers, so spawned workers cannot run it.
-        raise ConfigError(f"train.strategy={train.strategy} is not supported; use ddp")
     show_bar, progress = progress_reporting(train.progress_bar, train.progress_every_n_steps)
     return pl.Trainer(
         default_root_dir=output_dir,
@@ -136,8 +134,7 @@ def monitor_choices(cfg) -> list[str]:
     keys = []
     for split in cfg.data.val_splits:
         headline = headline_key(split)
-        names = ["AR", "n_queries"] if headline == "AR" else ["cIoU", "gIoU", "P@0.5", "n_queries"]
-        names.append(f"coarse_{headline}")
+        names = [*validation_keys(split), f"coarse_{headline}"]
         if headline == "AR" and cfg.model.selector is not None:
             # Logged only where tokens carry word-selection labels: the PNG narratives.
             names.append("selector_token_F1")

@@ -21,7 +21,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from flmm.data.collate import has_samples
 from flmm.engine.build import build_adapter, build_grounding_model, build_text_component
 from flmm.engine.metrics import binarize
-from flmm.engine.task_metrics import headline_key, main_metric, update_main_metric, without_ignored
+from flmm.engine.task_metrics import (
+    headline_key,
+    main_metric,
+    update_main_metric,
+    validation_keys,
+    without_ignored,
+)
 from flmm.errors import ConfigError, FlmmError
 from flmm.models.grounding import GroundingOutput
 from flmm.models.losses import grounding_losses
@@ -213,8 +219,7 @@ class GroundingModule(pl.LightningModule):
         for split, metric, coarse, selector in metrics:
             results = metric.compute()
             headline = headline_key(split)
-            keys = ("AR", "n_queries") if headline == "AR" else ("cIoU", "gIoU", "P@0.5", "n_queries")
-            for key in keys:
+            for key in validation_keys(split):
                 self.log(f"val/{split}/{key}", float(results[key]), sync_dist=True)
             self.log(f"val/{split}/coarse_{headline}", float(coarse.compute()[headline]), sync_dist=True)
             # F1 only where tokens carry word-selection labels (PNG narratives); a RES split has none. The

@@ -40,6 +40,11 @@ def headline_key(split: str) -> str:
     return "AR" if is_narrative_split(split) else "cIoU"
 
 
+def validation_keys(split: str) -> tuple[str, ...]:
+    """The keys of `split`'s main metric that validation logs (beside `coarse_<headline>`)."""
+    return ("AR", "n_queries") if is_narrative_split(split) else ("cIoU", "gIoU", "P@0.5", "n_queries")
+
+
 def update_main_metric(
     metric: PngRecallMetrics | ResMetrics,
     masks: list[torch.Tensor],
