@@ -98,26 +98,25 @@ def output_file(path: str | Path, what: str = "--out") -> Path:
     return path
 
 
-def fraction(text: str) -> float:
-    """argparse type: a number in (0, 1], e.g. the fraction of attention heads kept."""
+def _bounded(text: str, cast: type, fits, expected: str):
+    """argparse type body: `text` as `cast`, refused with "expected `expected`" unless `fits(value)`."""
     try:
-        value = float(text)
+        value = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r} (0.5 keeps half)")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not fits(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1], e.g. the fraction of attention heads kept (0.5 keeps half)."""
+    return _bounded(text, float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1, e.g. a token count."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}")
-    return value
+    return _bounded(text, int, lambda v: v >= 1, "an integer of at least 1")
 
 
 def split_list(text: str) -> list[str]:
